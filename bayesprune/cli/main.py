@@ -1,0 +1,258 @@
+"""The ``bayesprune`` command line.
+
+::
+
+    bayesprune fit models/halo-lenet5.toml --epochs 3 --out runs/halo-lenet5
+    bayesprune extract runs/halo-lenet5
+    bayesprune --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bayesprune.cli.run_dir import RunDir
+from bayesprune.cli.spec import Spec, SpecError
+from bayesprune.export.pruned_network import save_pruned
+from bayesprune.inference import CheckpointError, NonFiniteLossError, evaluate, fit, load_checkpoint
+from bayesprune.metrics import summarize
+from bayesprune.pruning import collapse, extract
+
+log = logging.getLogger("bayesprune")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bayesprune",
+        description="Prune neural networks by Bayesian inference: fit a sparsity posterior "
+        "with SVI, then extract the smaller deterministic network.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="fit a model spec (models/*.toml) into a run folder")
+    f.add_argument("spec", type=Path, help="a TOML model spec, e.g. models/halo-lenet5.toml")
+    f.add_argument("--epochs", type=int, help="override [fit] epochs")
+    f.add_argument("--device", help="cpu, cuda, cuda:1, ... (override [fit] device)")
+    f.add_argument("--out", type=Path, help="run folder (default: runs/<spec name>)")
+    f.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's checkpoint"
+    )
+    f.add_argument("--seed", type=int, help="override [fit] seed")
+    f.add_argument("--data-root", type=Path, help="folder holding the data set files")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("extract", help="collapse a fitted run and write the smaller network")
+    e.add_argument("run", type=Path, help="a run folder written by 'bayesprune fit'")
+    e.add_argument(
+        "--keep", type=float, help="fraction of weights/units kept (override [collapse])"
+    )
+    e.add_argument("--threshold", type=float, help="keep elements scoring above this")
+    e.add_argument("--data-root", type=Path, help="folder holding the data set files")
+    e.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    return p
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    spec = Spec.load(args.spec)
+    if args.epochs is not None:
+        spec.fit["epochs"] = args.epochs
+    if args.seed is not None:
+        spec.fit["seed"] = args.seed
+    if args.device is not None:
+        spec.fit["device"] = args.device
+    spec.validate()
+    run = RunDir(args.out or Path("runs") / args.spec.stem)
+    if run.checkpoint.exists() and not args.resume:
+        raise SpecError(
+            f"{run.root} already holds a fit (checkpoints/last.pt); pass --resume to continue it "
+            "or --out to start a new run folder (nothing was overwritten)"
+        )
+    if args.resume:
+        if not run.checkpoint.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {run.checkpoint}")
+        saved = Spec.from_dict(run.read_json(run.spec), source=str(run.spec))
+        saved.fit["epochs"] = spec.fit["epochs"]
+        if args.device is not None:
+            saved.fit["device"] = args.device
+        spec = saved
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_json(run.spec, spec.to_dict())
+
+    data_kw = {"root": args.data_root} if args.data_root else {}
+    data = spec.build_data(**data_kw)
+    net = spec.build_net()
+    guide = spec.build_guide(net)
+    kw = spec.fit_kwargs()
+    log.info(
+        "fitting %s on %s: %d sites over layers %s",
+        spec.source,
+        data.name,
+        len(net.sites),
+        net.layer_names,
+    )
+    t0 = time.perf_counter()
+    result = fit(
+        net,
+        data,
+        guide,
+        checkpoint=run.checkpoints,
+        resume=args.resume,
+        progress=not args.no_progress,
+        **kw,
+    )
+    seconds = time.perf_counter() - t0
+    run.write_json(run.history, result.history)
+    run.write_elbo(result.elbo_steps, result.elbo)
+    final = result.final
+    run.update_metrics(
+        "fit",
+        {
+            "epochs": len(result.history),
+            "seconds": seconds,
+            "epoch_seconds": result.epoch_seconds,
+            "final": final,
+        },
+    )
+    acc = final.get("val_accuracy")
+    print(f"fit done: {len(result.history)} epochs in {seconds:.1f}s", end="")
+    print(f", validation accuracy {100 * acc:.2f}%" if acc is not None else "")
+    print(f"run folder: {run.root}")
+    return 0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    run = RunDir(args.run)
+    spec = Spec.from_dict(run.read_json(run.spec), source=str(run.spec))
+    net = spec.build_net()
+    guide = spec.build_guide(net)
+    ck = load_checkpoint(run.checkpoint)
+    try:
+        net.load_state_dict(ck["net"])
+        guide.load_state_dict(ck["guide"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(
+            f"{run.checkpoint} does not fit the spec in {run.spec}: {e}"
+        ) from None
+    net.eval()
+    data_kw = {"root": args.data_root} if args.data_root else {}
+    data = spec.build_data(**data_kw)
+    net.example_input = data.train.x[:1].clone()
+
+    ckw = spec.collapse_kwargs()
+    if args.keep is not None:
+        ckw["keep"], ckw["threshold"] = args.keep, None
+    elif args.threshold is not None:
+        ckw["threshold"], ckw["keep"] = args.threshold, None
+    keep = collapse(net, guide, **ckw)
+    small = extract(net, keep).eval()
+    dense = net.module.eval()
+
+    test = data.split("test") if data.test is not None else data.split("val")
+    with torch.inference_mode():
+        acc_small = float((small(test.x).argmax(-1) == test.y).float().mean())
+    acc_collapsed_point = evaluate(net, guide, test)["accuracy"]
+    example = data.train.x[:1]
+    measure = not args.no_latency
+    before = summarize_point(net, guide, example, measure)
+    after = summarize(small, example, measure=measure)
+    layers = {
+        name: {
+            "kept": ks.n_kept,
+            "of": (ks.n_units if ks.units is not None else ks.weight_mask.numel()),
+        }
+        for name, ks in keep.items()
+    }
+    weights_total = sum(v["of"] for v in layers.values())
+    weights_kept = sum(v["kept"] for v in layers.values())
+    summary: dict[str, Any] = {
+        "collapse": ckw,
+        "test_split": "test" if data.test is not None else "val",
+        "accuracy_posterior_point": acc_collapsed_point,
+        "accuracy_extracted": acc_small,
+        "kept_fraction": weights_kept / max(weights_total, 1),
+        "layers": layers,
+        "before": before,
+        "after": after,
+    }
+    paths = save_pruned(
+        small,
+        run.extracted,
+        network_config=getattr(dense, "config", {"name": type(dense).__name__}),
+        keep=keep,
+        input_shape=tuple(example.shape[1:]),
+        extra={"metrics": summary},
+    )
+    run.update_metrics("extract", summary)
+    print(
+        f"{summary['test_split']} accuracy: posterior point {_pct(acc_collapsed_point)}  ->  extracted {_pct(acc_small)}"
+    )
+    print(
+        "kept: "
+        + _pct(summary["kept_fraction"])
+        + " of prunable elements ("
+        + ", ".join(f"{n} {v['kept']}/{v['of']}" for n, v in layers.items())
+        + ")"
+    )
+    print(
+        f"params: {before['params']:,} -> {after['params']:,} stored, {after['nonzeros']:,} nonzero"
+    )
+    print(
+        f"FLOPs per example: {before['flops']:,} -> {after['flops']:,} dense, "
+        f"{2 * after['sparse_macs']:,} counting nonzero weights only"
+    )
+    for b, a in zip(before["latency"], after["latency"], strict=False):
+        print(
+            f"CPU latency at batch {a['batch_size']}: {1e3 * b['median']:.3f} ms -> {1e3 * a['median']:.3f} ms"
+        )
+    print(f"extracted network: {paths[0]}")
+    return 0
+
+
+def summarize_point(net, guide, example, measure: bool) -> dict[str, Any]:
+    """Metrics of the dense network at the posterior point (before pruning)."""
+    dense = extract(net, {})
+    for s in net.replacing:
+        name, _, attr = s.replaces.rpartition(".")
+        getattr(dense.get_submodule(name), attr).data.copy_(guide.point()[s.name])
+    return summarize(dense.eval(), example, measure=measure)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "fit":
+            return cmd_fit(args)
+        if args.command == "extract":
+            return cmd_extract(args)
+    except (
+        SpecError,
+        CheckpointError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+    ) as e:
+        print(f"bayesprune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

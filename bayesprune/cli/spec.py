@@ -1,0 +1,231 @@
+"""Model specs: a TOML file naming network, data, prior, guide, fit schedule and collapse rule.
+
+Every seed method ships one under ``models/``. A spec is validated as a whole
+before anything runs; mistakes raise ``ValueError`` naming the file, the
+section and the key.
+
+Example (``models/halo-lenet5.toml``)::
+
+    [network]
+    name = "lenet5"
+    [data]
+    name = "fashion-mnist"
+    [prior]
+    name = "halo"
+    xi = 3e-5
+    psi = 3e-5
+    [guide]
+    name = "map"
+    [fit]
+    epochs = 10
+    [collapse]
+    keep = 0.02
+
+>>> spec = Spec.from_dict({"network": {"name": "lenet300"}, "prior": {"name": "halo"}})
+>>> spec.fit["epochs"]
+10
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from bayesprune.data import Dataset, get_dataset
+from bayesprune.guides import guide_from_config
+from bayesprune.guides.base import Guide
+from bayesprune.nn import BayesianNet, sparsify
+from bayesprune.priors import from_config as prior_from_config
+from bayesprune.zoo import build as build_network
+
+SECTIONS = ("network", "data", "prior", "guide", "fit", "collapse")
+
+FIT_DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "schedule": None,
+    "loss": "fused",
+    "seed": 0,
+    "log_every": 50,
+    "checkpoint_every": None,
+    "device": None,
+}
+COLLAPSE_KEYS = ("keep", "threshold", "scope", "by")
+
+
+class SpecError(ValueError):
+    """A malformed spec: the message names the file, section and key."""
+
+
+def _layers(value: Any, where: str) -> Any:
+    """TOML layer selectors: names of torch.nn classes become types, other strings are
+    module names or glob patterns."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise SpecError(
+            f"{where}: prior.layers must be a string or a list of strings, got {value!r}"
+        )
+    out: list[Any] = []
+    for item in items:
+        cls = getattr(nn, item, None)
+        out.append(cls if isinstance(cls, type) and issubclass(cls, nn.Module) else item)
+    return out
+
+
+@dataclass
+class Spec:
+    """A parsed, validated model spec."""
+
+    network: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "fashion-mnist"})
+    prior: dict[str, Any] = field(default_factory=dict)
+    guide: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    collapse: dict[str, Any] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> Spec:
+        if not isinstance(raw, dict):
+            raise SpecError(f"{source}: a spec is a table of sections, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(SECTIONS))
+        if unknown:
+            raise SpecError(f"{source}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+        for sec in SECTIONS:
+            if sec in raw and not isinstance(raw[sec], dict):
+                raise SpecError(f"{source}: [{sec}] must be a table, got {raw[sec]!r}")
+        raw = copy.deepcopy(raw)
+        network = raw.get("network")
+        if not network or "name" not in network:
+            raise SpecError(f'{source}: [network] needs a name (e.g. name = "lenet5")')
+        prior = raw.get("prior") or {}
+        if "name" not in prior:
+            raise SpecError(f'{source}: [prior] needs a name (e.g. name = "halo")')
+        fit = dict(FIT_DEFAULTS)
+        bad = sorted(set(raw.get("fit", {})) - set(FIT_DEFAULTS))
+        if bad:
+            raise SpecError(
+                f"{source}: unknown key(s) {bad} in [fit]; known: {sorted(FIT_DEFAULTS)}"
+            )
+        fit.update(raw.get("fit", {}))
+        coll = raw.get("collapse", {})
+        bad = sorted(set(coll) - set(COLLAPSE_KEYS))
+        if bad:
+            raise SpecError(
+                f"{source}: unknown key(s) {bad} in [collapse]; known: {list(COLLAPSE_KEYS)}"
+            )
+        data = raw.get("data") or {"name": "fashion-mnist"}
+        if "name" not in data:
+            raise SpecError(f'{source}: [data] needs a name (e.g. name = "fashion-mnist")')
+        spec = cls(
+            network=network,
+            data=data,
+            prior=prior,
+            guide=raw.get("guide") or {},
+            fit=fit,
+            collapse=coll,
+            source=source,
+        )
+        spec.validate()
+        return spec
+
+    @classmethod
+    def load(cls, path: str | Path) -> Spec:
+        """Read and validate a TOML spec.
+
+        :raises SpecError: naming the file for unreadable TOML or a bad section/key.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"spec {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise SpecError(f"spec {path} is not valid TOML: {e}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "data": self.data,
+            "prior": self.prior,
+            "guide": self.guide,
+            "fit": self.fit,
+            "collapse": self.collapse,
+        }
+
+    def validate(self) -> None:
+        """Build the cheap objects (prior, network) once to catch bad hyper-parameters early."""
+        self.build_prior()
+        f = self.fit
+        for k in ("epochs", "batch_size", "log_every"):
+            if (
+                not isinstance(f[k], int)
+                or isinstance(f[k], bool)
+                or f[k] < (0 if k == "epochs" else 1)
+            ):
+                raise SpecError(
+                    f"{self.source}: [fit] {k} must be a positive integer, got {f[k]!r}"
+                )
+        if not isinstance(f["lr"], (int, float)) or not f["lr"] > 0:
+            raise SpecError(f"{self.source}: [fit] lr must be a number > 0, got {f['lr']!r}")
+        keep = self.collapse.get("keep")
+        if keep is not None and not (isinstance(keep, (int, float)) and 0 < keep <= 1):
+            raise SpecError(
+                f"{self.source}: [collapse] keep must be a fraction in (0, 1], got {keep!r}"
+            )
+
+    # --- builders ---------------------------------------------------------------------
+    def build_prior(self):
+        cfg = {k: v for k, v in self.prior.items() if k != "layers"}
+        try:
+            return prior_from_config(cfg)
+        except ValueError as e:
+            raise SpecError(f"{self.source}: [prior] {e}") from None
+
+    def build_network(self) -> nn.Module:
+        cfg = dict(self.network)
+        name = cfg.pop("name")
+        try:
+            return build_network(name, **cfg)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"{self.source}: [network] {e}") from None
+
+    def build_data(self, **overrides: Any) -> Dataset:
+        cfg = {**self.data, **overrides}
+        name = cfg.pop("name")
+        try:
+            return get_dataset(name, **cfg)
+        except TypeError as e:
+            raise SpecError(f"{self.source}: [data] {e}") from None
+
+    def build_net(self, network: nn.Module | None = None) -> BayesianNet:
+        module = network if network is not None else self.build_network()
+        layers = _layers(self.prior.get("layers"), self.source)
+        try:
+            return sparsify(module, self.build_prior(), layers)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"{self.source}: [prior] {e}") from None
+
+    def build_guide(self, net: BayesianNet) -> Guide:
+        cfg = dict(self.guide) or {"name": net.prior.default_guide}
+        try:
+            return guide_from_config(net, cfg)
+        except ValueError as e:
+            raise SpecError(f"{self.source}: [guide] {e}") from None
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.fit.items()}
+
+    def collapse_kwargs(self) -> dict[str, Any]:
+        return dict(self.collapse)

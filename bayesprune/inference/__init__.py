@@ -1,0 +1,21 @@
+"""Inference: the SVI loop, ELBO estimators, checkpoints, evaluation."""
+
+from bayesprune.inference.callbacks import FitState
+from bayesprune.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bayesprune.inference.evaluate import evaluate
+from bayesprune.inference.fit import NonFiniteLossError, fit
+from bayesprune.inference.losses import FusedELBO, TraceELBO
+from bayesprune.inference.result import FitResult
+
+__all__ = [
+    "CheckpointError",
+    "FitResult",
+    "FitState",
+    "FusedELBO",
+    "NonFiniteLossError",
+    "TraceELBO",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,151 @@
+"""The Pyro model over a user's network.
+
+:class:`BayesianNet` keeps the user's ``nn.Module`` intact as ``.module`` and
+adds the sample sites of a prior to the chosen layers. Running the model
+samples every site, runs the user's network with the sampled weights put in
+place of the replaced parameters (``torch.func.functional_call``: no
+monkeypatching, names preserved), and observes the targets under a data plate
+scaled to the training-set size.
+
+Parameters the prior does not replace (biases, BatchNorm, unselected layers)
+stay ordinary ``nn.Parameter``\\ s of the module and are learned by maximum
+likelihood alongside the guide.
+
+>>> import torch, torch.nn as nn
+>>> from bayesprune import sparsify
+>>> from bayesprune.priors import HALO
+>>> net = sparsify(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), HALO())
+>>> [s.name for s in net.sites]
+['0.weight_scale', '0.weight', '2.weight_scale', '2.weight']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pyro
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.func import functional_call
+
+from bayesprune.nn.likelihoods import Categorical, Likelihood
+from bayesprune.sites import Context, Site
+
+if TYPE_CHECKING:
+    from bayesprune.priors.base import Prior
+
+
+class BayesianNet(nn.Module):
+    """A Pyro model over ``module``'s chosen layers. Build it with :func:`bayesprune.sparsify`.
+
+    :param module: the user's network (kept as ``self.module``, not copied).
+    :param prior: the sparsity prior family.
+    :param layer_names: the module names that carry the prior.
+    :param likelihood: the observation model (default: categorical over logits).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        prior: Prior,
+        layer_names: list[str],
+        likelihood: Likelihood | None = None,
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.prior = prior
+        self.likelihood = likelihood if likelihood is not None else Categorical()
+        self.layer_names: tuple[str, ...] = tuple(layer_names)
+        self.layer_sites: dict[str, list[Site]] = {
+            n: prior.layer_sites(n, module.get_submodule(n)) for n in self.layer_names
+        }
+        self.sites: tuple[Site, ...] = tuple(
+            s for n in self.layer_names for s in self.layer_sites[n]
+        )
+        self.replacing: tuple[Site, ...] = tuple(s for s in self.sites if s.replaces is not None)
+        self.example_input: Tensor | None = None
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{type(prior).__name__}: duplicate site names {names}")
+
+    # --- facts ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.module.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.module.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    def context(self, n_data: int) -> Context:
+        return Context(n_data=int(n_data), device=self.device, dtype=self.dtype)
+
+    def site(self, name: str) -> Site:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(f"no site named {name!r}; sites: {[s.name for s in self.sites]}")
+
+    def initial_value(self, site: Site) -> Tensor:
+        """Starting value of ``site`` for guides (from the module's current weights)."""
+        layer = self.module.get_submodule(site.layer)
+        return self.prior.initial_value(site, layer).to(self.device)
+
+    def deterministic_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The module's parameters that are *not* replaced by a sample site."""
+        replaced = {s.replaces for s in self.replacing}
+        for name, p in self.module.named_parameters():
+            if name not in replaced:
+                yield name, p
+
+    # --- the model --------------------------------------------------------------------
+    def run(self, values: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The network's output on ``x`` with the site values put in place."""
+        overrides = {s.replaces: values[s.name] for s in self.replacing}
+        return functional_call(self.module, overrides, (x,), strict=False, tie_weights=False)
+
+    def log_prior(self, values: dict[str, Tensor], ctx: Context) -> Tensor:
+        """``Σ log p(sites)`` computed directly (the prior's fused form)."""
+        total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
+        for sites in self.layer_sites.values():
+            total = total + self.prior.log_prob(sites, values, ctx)
+        return total
+
+    def model(self, x: Tensor, y: Tensor | None = None, *, n_data: int | None = None) -> Tensor:
+        """The Pyro model: sample every site, run the net, observe ``y``.
+
+        :param n_data: training-set size the mini-batch stands for (default: ``len(x)``).
+        """
+        ctx = self.context(n_data if n_data is not None else x.shape[0])
+        values: dict[str, Tensor] = {}
+        for s in self.sites:
+            values[s.name] = pyro.sample(s.name, self.prior.distribution(s, values, ctx))
+        out = self.run(values, x)
+        self.likelihood.observe(out, y, ctx.n_data)
+        return out
+
+    def forward(self, x: Tensor, y: Tensor | None = None, *, n_data: int | None = None) -> Tensor:
+        return self.model(x, y, n_data=n_data)
+
+    # --- prediction -------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, values: dict[str, Tensor], x: Tensor, *, batch_size: int = 1024) -> Tensor:
+        """Outputs on ``x`` (in eval mode) with fixed site values, e.g. ``guide.point()``."""
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            outs = [
+                self.run(values, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)
+            ]
+        finally:
+            self.module.train(was_training)
+        return torch.cat(outs)
+
+    def extra_repr(self) -> str:
+        return f"prior={self.prior!r}, layers={list(self.layer_names)}"

@@ -1,0 +1,51 @@
+"""``sparsify``: put a sparsity prior on an ordinary ``nn.Module``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.nn.likelihoods import Likelihood, likelihood_from_config
+from bayesprune.nn.selection import LayerSelector, select_layers
+from bayesprune.priors.base import Prior
+
+
+def sparsify(
+    module: nn.Module,
+    prior: Prior,
+    layers: LayerSelector = None,
+    *,
+    likelihood: Likelihood | str | dict[str, Any] = "categorical",
+) -> BayesianNet:
+    """Wrap ``module`` into a Pyro model with ``prior`` on the chosen layers.
+
+    The module is not copied: its tree and names survive inside ``.module``, and its
+    parameters not replaced by sample sites (biases, BatchNorm, ...) are trained in place.
+
+    :param module: an ordinary network.
+    :param prior: e.g. :class:`bayesprune.priors.HALO`.
+    :param layers: which modules get the prior: ``None`` (the prior's default types),
+        a type, a name or glob pattern, a list of those, or ``f(name, module) -> bool``.
+    :param likelihood: ``"categorical"`` (default), ``"gaussian"`` or a Likelihood.
+    :raises TypeError: when ``module`` is not an ``nn.Module`` or a chosen layer is
+        of a type the prior cannot handle (the message names the layer).
+
+    >>> import torch.nn as nn
+    >>> from bayesprune.priors import HALO
+    >>> net = sparsify(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), HALO(), layers="0")
+    >>> net.layer_names
+    ('0',)
+    """
+    if isinstance(module, BayesianNet):
+        raise TypeError("sparsify: this network is already a BayesianNet; pass its .module")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"sparsify: expected an nn.Module, got {type(module).__name__}")
+    if not isinstance(prior, Prior):
+        raise TypeError(f"sparsify: expected a bayesprune Prior, got {type(prior).__name__}")
+    names = select_layers(module, layers, default=prior.default_layer_types)
+    for n in names:
+        prior.check_layer(n, module.get_submodule(n))
+    lik = likelihood if isinstance(likelihood, Likelihood) else likelihood_from_config(likelihood)
+    return BayesianNet(module, prior, names, lik)

@@ -1,0 +1,99 @@
+"""The interface every sparsity prior implements.
+
+A prior is a *family*: one object (holding hyper-parameters) describes, for any
+layer it supports, the sample sites it adds (:meth:`Prior.layer_sites`), the
+conditional distribution of each site given the sites before it
+(:meth:`Prior.distribution`), and how its posterior collapses into a
+:class:`~bayesprune.pruning.KeepSet` (:meth:`Prior.scores`).
+
+The Pyro model of :class:`~bayesprune.nn.BayesianNet` calls
+``pyro.sample(site.name, prior.distribution(site, values, ctx))`` for every
+site; the fused loss calls :meth:`Prior.log_prob` on the same values. The
+default :meth:`Prior.log_prob` sums the same distributions' log densities, so a
+subclass only overrides it for speed -- and its tests check the two agree.
+
+Hyper-parameters are given *per example* (as in the papers' penalties) and are
+multiplied by the training-set size ``ctx.n_data`` inside the model, so that the
+likelihood summed over the data and the prior sit on the same scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from pyro.distributions import Distribution
+from torch import Tensor
+
+from bayesprune.sites import Context, Site
+
+DEFAULT_LAYER_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Prior:
+    """Base class of sparsity priors. Subclasses implement the abstract hooks."""
+
+    #: module types chosen when ``sparsify(..., layers=None)``
+    default_layer_types: tuple[type, ...] = DEFAULT_LAYER_TYPES
+    #: module types the prior can be put on at all
+    supported_layer_types: tuple[type, ...] = DEFAULT_LAYER_TYPES
+    #: name of the guide family :func:`bayesprune.guides.default_guide` builds
+    default_guide: str = "map"
+    #: registry name, used in configs and saved runs
+    name: str = "prior"
+
+    def check_layer(self, name: str, layer: nn.Module) -> None:
+        """Raise ``TypeError`` naming the layer if this prior cannot be put on it."""
+        if not isinstance(layer, self.supported_layer_types):
+            kinds = ", ".join(t.__name__ for t in self.supported_layer_types)
+            raise TypeError(
+                f"{type(self).__name__} cannot be put on layer {name!r} of type "
+                f"{type(layer).__name__}; supported layer types: {kinds}"
+            )
+
+    def layer_sites(self, name: str, layer: nn.Module) -> list[Site]:
+        """The sites this prior adds to ``layer``, in sampling order."""
+        raise NotImplementedError(f"{type(self).__name__}.layer_sites")
+
+    def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
+        """A starting value for ``site`` (in its support) used to initialise guides."""
+        raise NotImplementedError(f"{type(self).__name__}.initial_value")
+
+    def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
+        """``p(site | earlier sites of the same layer)`` as a Pyro distribution with
+        ``event_shape == site.shape``."""
+        raise NotImplementedError(f"{type(self).__name__}.distribution")
+
+    def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
+        """Sum of ``log p`` over the sites of one layer (override for speed)."""
+        total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
+        for s in sites:
+            total = total + self.distribution(s, values, ctx).log_prob(values[s.name])
+        return total
+
+    def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:
+        """Importance of each prunable element of one layer (higher = keep), from a
+        posterior point estimate. Its shape says what is pruned: the weight's shape
+        (unstructured) or ``(n_units,)`` (structured)."""
+        raise NotImplementedError(f"{type(self).__name__}.scores")
+
+    def kept_fraction(self, net: Any, point: dict[str, Tensor]) -> float | None:
+        """Fraction of prunable elements currently alive, for progress reports
+        (``None`` if the prior has no such notion)."""
+        return None
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which :func:`bayesprune.priors.from_config` rebuilds it."""
+        raise NotImplementedError(f"{type(self).__name__}.config")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+def check_positive(owner: str, **values: float) -> None:
+    """Raise ``ValueError`` naming the hyper-parameter unless every value is a finite number > 0."""
+    for key, v in values.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v < float("inf")):
+            raise ValueError(f"{owner}: {key} must be a finite number > 0, got {v!r}")

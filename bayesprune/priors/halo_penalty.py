@@ -1,0 +1,62 @@
+"""The HALO penalty ``ξ Σ|θ|/λ² + ψ Σλ`` as one autograd function.
+
+Written out by hand so that forward and backward take a handful of passes over
+the weights instead of the dozen or so that autograd records for the same
+expression -- HALO with per-weight scales doubles the number of trained
+tensors, and on small networks these elementwise passes are a large share of a
+step. Equal to the plain expression to float precision (tested with
+``gradcheck``).
+
+>>> import torch
+>>> theta = torch.tensor([1.0, -2.0]); lam = torch.tensor([1.0, 2.0])
+>>> float(halo_penalty(theta, lam, 3.0, 0.5))  # 3 * (1 + 2/4) + 0.5 * 3
+6.0
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class _HaloPenalty(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta: Tensor, lam: Tensor, xi: float, psi: float) -> Tensor:
+        inv2 = lam.reciprocal().square_()  # λ^-2, broadcastable to θ
+        a = theta.abs()
+        if inv2.shape == a.shape:
+            shrink = torch.dot(a.flatten(), inv2.flatten())
+        else:  # per-unit scales: λ has shape (units, 1, ...)
+            shrink = (a.flatten(1).sum(1) * inv2.flatten()).sum()
+        ctx.save_for_backward(theta, lam, inv2)
+        ctx.xi, ctx.psi = xi, psi
+        return shrink * xi + lam.sum() * psi
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        theta, lam, inv2 = ctx.saved_tensors
+        xi, psi = ctx.xi, ctx.psi
+        d_theta = d_lam = None
+        if ctx.needs_input_grad[0]:
+            d_theta = torch.copysign(inv2.expand_as(theta), theta).mul_(g * xi)
+            d_theta.masked_fill_(theta == 0, 0.0)
+        if ctx.needs_input_grad[1]:
+            # d/dλ [ξ|θ|/λ²] = -2ξ|θ|/λ³
+            a = theta.abs()
+            if inv2.shape == a.shape:
+                d_lam = (a * inv2).div_(lam).mul_(-2.0 * xi)
+            else:
+                d_lam = (a.flatten(1).sum(1).reshape(lam.shape) * inv2).div_(lam).mul_(-2.0 * xi)
+            d_lam.add_(psi).mul_(g)
+        return d_theta, d_lam, None, None
+
+
+def halo_penalty(theta: Tensor, lam: Tensor, xi: float, psi: float) -> Tensor:
+    """``xi * Σ|θ|/λ² + psi * Σλ``; ``lam`` has θ's shape or ``(units, 1, ...)``.
+
+    :param theta: weights.
+    :param lam: positive shrinkage scales, broadcastable against ``theta`` along dim 0.
+    :param xi: weight of the adaptive lasso term.
+    :param psi: weight of the scale penalty.
+    """
+    return _HaloPenalty.apply(theta, lam, float(xi), float(psi))

@@ -1,0 +1,228 @@
+"""``extract``: bake keep-sets into a plain, physically smaller ``nn.Module``.
+
+Two steps, both on a deep copy (the user's network is never touched):
+
+1. :func:`masked_copy` -- same shapes as the original: point estimates written
+   into the layers (``KeepSet.values``), unstructured masks multiplied into the
+   weights, and every parameter that produces a dropped unit zeroed (the layer's
+   weight row and bias, and the matching channel of every module coupled to it,
+   e.g. the BatchNorm after a conv or the other convs of a residual sum). This is
+   the *collapsed model*.
+2. Channel surgery with torch-pruning's dependency graph: the dropped units are
+   removed from the layer and from every coupled module and consumer
+   (BatchNorm, the next Conv/Linear, flatten→Linear, residual additions,
+   concatenation, depthwise/grouped convs).
+
+Because a dropped unit's output is exactly zero in the collapsed model, removing
+it changes nothing as long as the nonlinearities between a layer and its
+consumers map 0 to 0 (ReLU and friends, pooling, identity) -- the extracted
+network equals the collapsed one to float tolerance (tested).
+
+>>> import torch, torch.nn as nn
+>>> from bayesprune.pruning import KeepSet
+>>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+>>> small = extract(net, {"0": KeepSet(units=torch.tensor([0, 3]), n_units=6)},
+...                 example_input=torch.zeros(1, 4))
+>>> small[0].out_features, small[2].in_features
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch import Tensor
+
+from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.pruning.keepset import KeepSet
+
+_ZEROABLE = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _plain(net: BayesianNet | nn.Module) -> nn.Module:
+    return net.module if isinstance(net, BayesianNet) else net
+
+
+def _check(module: nn.Module, keep: dict[str, KeepSet]) -> None:
+    names = dict(module.named_modules())
+    for name, ks in keep.items():
+        if name not in names:
+            raise ValueError(
+                f"extract: keep-set names layer {name!r}, which the network does not have"
+            )
+        if not isinstance(ks, KeepSet):
+            raise TypeError(f"extract: keep[{name!r}] must be a KeepSet, got {type(ks).__name__}")
+        layer = names[name]
+        w = getattr(layer, "weight", None)
+        if ks.weight_mask is not None and (
+            w is None or tuple(ks.weight_mask.shape) != tuple(w.shape)
+        ):
+            raise ValueError(
+                f"extract: layer {name!r}: weight_mask shape {tuple(ks.weight_mask.shape)} does not "
+                f"match the weight {None if w is None else tuple(w.shape)}"
+            )
+        for pname, v in ks.values.items():
+            p = getattr(layer, pname, None)
+            if not isinstance(p, Tensor) or tuple(p.shape) != tuple(v.shape):
+                raise ValueError(
+                    f"extract: layer {name!r}: value for {pname!r} has shape {tuple(v.shape)}, "
+                    f"the layer's is {None if p is None else tuple(p.shape)}"
+                )
+
+
+def _dropped(ks: KeepSet, n_out: int) -> list[int]:
+    kept = set(ks.units.tolist()) if ks.units is not None else set(range(n_out))
+    return [i for i in range(n_out) if i not in kept]
+
+
+def _dependency_graph(module: nn.Module, example_input: Tensor | None) -> tp.DependencyGraph:
+    if example_input is None:
+        raise ValueError(
+            "extract: removing units needs an example input to trace the network; pass "
+            "example_input= (a BayesianNet records one when it is fitted)"
+        )
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                module, example_inputs=example_input, verbose=False
+            )
+    finally:
+        module.train(was_training)
+
+
+def _plan(
+    module: nn.Module, dg: tp.DependencyGraph, keep: dict[str, KeepSet]
+) -> list[tuple[nn.Module, list[int]]]:
+    """``(layer, channels to drop)`` per coupled component, in the layer's own indexing.
+
+    Layers whose output channels are coupled (e.g. convs feeding one residual sum) must
+    drop the same channels: a channel is dropped only if *every* coupled layer that has
+    a keep-set drops it, and each component is listed once.
+    """
+    structured = {n: k for n, k in keep.items() if k.units is not None}
+    name_of = {m: n for n, m in module.named_modules()}
+    plan: list[tuple[nn.Module, list[int]]] = []
+    done: set[str] = set()
+    for name, ks in structured.items():
+        if name in done:
+            continue
+        layer = module.get_submodule(name)
+        n_out = dg.get_out_channels(layer)
+        if n_out is None:
+            raise TypeError(
+                f"extract: cannot remove units of layer {name!r} ({type(layer).__name__})"
+            )
+        if ks.n_units is not None and ks.n_units != n_out:
+            raise ValueError(
+                f"extract: layer {name!r} has {n_out} units, its keep-set says {ks.n_units}"
+            )
+        drop = set(_dropped(ks, n_out))
+        pruner = dg.get_pruner_of_module(layer)
+        full = dg.get_pruning_group(layer, pruner.prune_out_channels, idxs=list(range(n_out)))
+        for item in full.items:
+            other = name_of.get(item.dep.target.module)
+            if other is None or other == name or other not in structured:
+                continue
+            if not dg.is_out_channel_pruning_fn(item.dep.handler):
+                continue
+            kept_other = set(structured[other].units.tolist())
+            for idx, root in zip(item.idxs, item.root_idxs, strict=True):
+                if idx in kept_other:
+                    drop.discard(root)
+            done.add(other)
+        if len(drop) >= n_out:
+            raise ValueError(f"extract: the keep-set of layer {name!r} drops all {n_out} units")
+        if drop:
+            plan.append((layer, sorted(drop)))
+    return plan
+
+
+def _group(dg: tp.DependencyGraph, layer: nn.Module, drop: list[int]) -> tp.DependencyGroup:
+    return dg.get_pruning_group(layer, dg.get_pruner_of_module(layer).prune_out_channels, idxs=drop)
+
+
+@torch.no_grad()
+def _zero_out_channels(dg: tp.DependencyGraph, group: tp.DependencyGroup) -> None:
+    for item in group.items:
+        if not dg.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        m = item.dep.target.module
+        if not isinstance(m, nn.Module) or not any(True for _ in m.parameters(recurse=False)):
+            continue  # parameter-free ops (ReLU, pooling, add, ...) pass zeros through
+        if not isinstance(m, _ZEROABLE):
+            raise TypeError(
+                f"extract: cannot zero the dropped channels of a coupled {type(m).__name__}; "
+                "supported: Linear, Conv, BatchNorm"
+            )
+        idx = torch.as_tensor(list(item.idxs), dtype=torch.long, device=m.weight.device)
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):
+            m.weight.index_fill_(1, idx, 0.0)
+        elif m.weight is not None:
+            m.weight.index_fill_(0, idx, 0.0)
+        if m.bias is not None:
+            m.bias.index_fill_(0, idx, 0.0)
+
+
+@torch.no_grad()
+def _apply_values_and_masks(module: nn.Module, keep: dict[str, KeepSet]) -> None:
+    for name, ks in keep.items():
+        layer = module.get_submodule(name)
+        for pname, v in ks.values.items():
+            getattr(layer, pname).copy_(v)
+        if ks.weight_mask is not None:
+            layer.weight.mul_(ks.weight_mask.to(layer.weight.device, layer.weight.dtype))
+
+
+def masked_copy(
+    net: BayesianNet | nn.Module,
+    keep: dict[str, KeepSet],
+    *,
+    example_input: Tensor | None = None,
+) -> nn.Module:
+    """The collapsed model: a deep copy of the network, same shapes, with values written,
+    masks multiplied in and every dropped unit's output zeroed. See the module docstring."""
+    if example_input is None and isinstance(net, BayesianNet):
+        example_input = net.example_input
+    module = copy.deepcopy(_plain(net))
+    _check(module, keep)
+    _apply_values_and_masks(module, keep)
+    if any(k.units is not None for k in keep.values()):
+        dg = _dependency_graph(module, example_input)
+        for layer, drop in _plan(module, dg, keep):
+            _zero_out_channels(dg, _group(dg, layer, drop))
+    return module
+
+
+def extract(
+    net: BayesianNet | nn.Module,
+    keep: dict[str, KeepSet],
+    *,
+    example_input: Tensor | None = None,
+) -> nn.Module:
+    """A plain ``nn.Module`` with the keep-sets baked in and dropped units removed.
+
+    :param net: a :class:`BayesianNet` (its ``.module`` is copied) or an ordinary module.
+    :param keep: ``{layer name: KeepSet}``, e.g. from :func:`bayesprune.collapse`.
+    :param example_input: one input batch used to trace the network for channel surgery
+        (default: the one the BayesianNet recorded when it was fitted).
+    :raises ValueError: for a keep-set naming a missing layer or of the wrong shape, or
+        dropping every unit of a layer.
+    """
+    if example_input is None and isinstance(net, BayesianNet):
+        example_input = net.example_input
+    module = copy.deepcopy(_plain(net))
+    _check(module, keep)
+    _apply_values_and_masks(module, keep)
+    if any(k.units is not None for k in keep.values()):
+        dg = _dependency_graph(module, example_input)
+        plan = _plan(module, dg, keep)
+        for layer, drop in plan:  # out-channels of planned layers are untouched by earlier groups
+            _zero_out_channels(dg, _group(dg, layer, drop))
+        for layer, drop in plan:
+            _group(dg, layer, drop).prune(record_history=False)
+    return module

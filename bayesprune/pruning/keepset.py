@@ -1,0 +1,67 @@
+"""What survives of one layer after collapse.
+
+A :class:`KeepSet` is the hand-off between *deciding* what to drop (priors,
+guides, baselines) and *doing* it (:func:`bayesprune.extract`). It can say
+three things about a layer, any combination of them:
+
+- ``weight_mask``: an unstructured boolean mask over the layer's weight;
+- ``units``: the output units / filters kept (structured, physically removed);
+- ``values``: point estimates for the layer's parameters (e.g. the posterior
+  median of the weight) to write into the extracted network; parameters not
+  named keep the module's own values.
+
+>>> import torch
+>>> k = KeepSet(units=torch.tensor([0, 2]), n_units=3)
+>>> k.n_kept, k.fraction_kept
+(2, 0.6666666666666666)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class KeepSet:
+    """Per-layer pruning decision. See the module docstring."""
+
+    weight_mask: Tensor | None = None
+    units: Tensor | None = None
+    n_units: int | None = None
+    values: dict[str, Tensor] = field(default_factory=dict)
+    identity: bool = False  # a whole block removed: it becomes its shortcut
+
+    def __post_init__(self) -> None:
+        if self.weight_mask is not None and self.weight_mask.dtype != torch.bool:
+            raise TypeError(
+                f"KeepSet.weight_mask must be a bool tensor, got {self.weight_mask.dtype}"
+            )
+        if self.units is not None:
+            u = torch.as_tensor(self.units, dtype=torch.long).flatten()
+            if u.numel() and (
+                u.min() < 0 or (self.n_units is not None and u.max() >= self.n_units)
+            ):
+                raise ValueError(f"KeepSet.units out of range [0, {self.n_units}): {u.tolist()}")
+            self.units = torch.unique(u)  # sorted, no repeats
+
+    @property
+    def n_kept(self) -> int:
+        """Units kept (structured) or weights kept (unstructured)."""
+        if self.units is not None:
+            return int(self.units.numel())
+        if self.weight_mask is not None:
+            return int(self.weight_mask.sum())
+        raise ValueError("KeepSet has neither units nor weight_mask")
+
+    @property
+    def fraction_kept(self) -> float:
+        if self.units is not None:
+            if self.n_units is None:
+                raise ValueError("KeepSet.n_units is needed for a fraction of units")
+            return self.n_kept / self.n_units
+        if self.weight_mask is not None:
+            return self.n_kept / self.weight_mask.numel()
+        raise ValueError("KeepSet has neither units nor weight_mask")
