@@ -84,13 +84,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.device is not None:
             saved.fit["device"] = args.device
         spec = saved
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.write_json(run.spec, spec.to_dict())
-
+    # build everything before writing anything: a bad spec leaves no half-made run folder
     data_kw = {"root": args.data_root} if args.data_root else {}
     data = spec.build_data(**data_kw)
     net = spec.build_net()
     guide = spec.build_guide(net)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_json(run.spec, spec.to_dict())
     kw = spec.fit_kwargs()
     log.info(
         "fitting %s on %s: %d sites over layers %s",

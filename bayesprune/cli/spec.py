@@ -49,6 +49,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 128,
     "lr": 1e-3,
+    "role_lr": None,
     "optimizer": "adam",
     "weight_decay": 0.0,
     "schedule": None,
@@ -179,11 +180,28 @@ class Spec:
                 )
         if not isinstance(f["lr"], (int, float)) or not f["lr"] > 0:
             raise SpecError(f"{self.source}: [fit] lr must be a number > 0, got {f['lr']!r}")
-        keep = self.collapse.get("keep")
-        if keep is not None and not (isinstance(keep, (int, float)) and 0 < keep <= 1):
+        _layers(self.prior.get("layers"), self.source)
+        c = self.collapse
+        keep = c.get("keep")
+        if keep is not None and not (
+            isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0 < keep <= 1
+        ):
             raise SpecError(
                 f"{self.source}: [collapse] keep must be a fraction in (0, 1], got {keep!r}"
             )
+        threshold = c.get("threshold")
+        if threshold is not None and (
+            not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
+        ):
+            raise SpecError(
+                f"{self.source}: [collapse] threshold must be a number, got {threshold!r}"
+            )
+        if c.get("scope", "global") not in ("global", "layer"):
+            raise SpecError(
+                f"{self.source}: [collapse] scope must be 'global' or 'layer', got {c['scope']!r}"
+            )
+        if not isinstance(c.get("by", ""), str):
+            raise SpecError(f"{self.source}: [collapse] by must be a string, got {c['by']!r}")
 
     # --- builders ---------------------------------------------------------------------
     def build_prior(self):

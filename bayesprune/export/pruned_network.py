@@ -84,6 +84,21 @@ def save_pruned(
 
 
 def load_pruned(path: str | os.PathLike, *, device: str | torch.device | None = None) -> nn.Module:
-    """Load a network written by :func:`save_pruned` (no pickle); returns it in eval mode."""
-    module = load_network(path, build_pruned, device=device)
+    """Load a network written by :func:`save_pruned` (no pickle); returns it in eval mode.
+
+    :raises FileNotFoundError: if a file is missing.
+    :raises ValueError: naming the file, if a file is corrupt or its architecture cannot
+        be rebuilt (unknown network, keep-sets that do not fit it, ...).
+    """
+
+    def build(arch: dict[str, Any]) -> nn.Module:
+        try:
+            return build_pruned(arch)
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+            raise ValueError(
+                f"{path}: the architecture in the JSON file (model.json) cannot be rebuilt: {what}"
+            ) from e
+
+    module = load_network(path, build, device=device)
     return module.eval()

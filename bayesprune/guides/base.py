@@ -63,6 +63,28 @@ class Guide(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Called after every optimizer step: put projected parameters back into their
+        support (e.g. gate probabilities into [0, 1]). The default does nothing."""
+
+    def site_parameters(self, site: Site) -> list[nn.Parameter]:
+        """The guide parameters that belong to ``site`` (e.g. its loc and scale)."""
+        k = key(site.name)
+        found = []
+        for _, module in self.named_children():
+            if isinstance(module, nn.ParameterDict) and k in module:
+                found.append(module[k])
+        return found
+
+    def parameters_by_role(self) -> dict[str, list[nn.Parameter]]:
+        """Guide parameters grouped by the role of their site (``"weight"``, ``"scale"``,
+        ``"gate"``, ...), e.g. to give shrinkage scales their own learning rate."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for s in self.sites:
+            groups.setdefault(s.role, []).extend(self.site_parameters(s))
+        return groups
+
     # --- shared -----------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """The Pyro guide (takes and ignores the model's arguments)."""

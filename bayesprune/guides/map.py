@@ -10,16 +10,19 @@ there is no Jacobian term, so the optimum is the MAP in the constrained space.
 >>> from bayesprune.priors import HALO
 >>> guide = MAP(sparsify(nn.Linear(3, 2), HALO(), layers=nn.Linear))
 >>> sorted(guide.state_dict())
-['unconstrained./weight', 'unconstrained./weight_scale']
+['unconstrained.weight', 'unconstrained.weight_scale']
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyro.distributions as dist
+import torch
 import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
-from torch.distributions import biject_to
+from torch.distributions import biject_to, constraints
 
 from bayesprune.guides.base import Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
@@ -31,19 +34,53 @@ class MAP(Guide):
 
     :param net: the model (from :func:`bayesprune.sparsify`); guide values start at
         the prior's initial values (the network's current weights).
+    :param positive: how positive sites (scales) are parametrised: ``"exp"`` (the value
+        is ``exp`` of an unconstrained parameter, Pyro's default) or ``"projected"``
+        (the value itself is the parameter, clamped to ``[min_positive, ∞)`` after each
+        step -- projected gradient, as the HALO paper trains its scales).
+    :param min_positive: the floor of projected positive sites.
     """
 
     name = "map"
 
-    def __init__(self, net: BayesianNet) -> None:
+    def __init__(
+        self, net: BayesianNet, *, positive: str = "exp", min_positive: float = 1e-4
+    ) -> None:
         super().__init__(net)
+        if positive not in ("exp", "projected"):
+            raise ValueError(f"MAP: positive must be 'exp' or 'projected', got {positive!r}")
+        if not (0 < min_positive < float("inf")):
+            raise ValueError(f"MAP: min_positive must be > 0, got {min_positive!r}")
+        self.positive = positive
+        self.min_positive = float(min_positive)
         self.unconstrained = nn.ParameterDict()
         for s in self.sites:
             init = net.initial_value(s).detach()
-            self.unconstrained[key(s.name)] = nn.Parameter(biject_to(s.support).inv(init).clone())
+            if self._projected(s):
+                self.unconstrained[key(s.name)] = nn.Parameter(
+                    init.clamp_min(self.min_positive).clone()
+                )
+            else:
+                self.unconstrained[key(s.name)] = nn.Parameter(
+                    biject_to(s.support).inv(init).clone()
+                )
+
+    def _projected(self, site: Site) -> bool:
+        return self.positive == "projected" and site.support is constraints.positive
 
     def value(self, site: Site) -> Tensor:
-        return biject_to(site.support)(self.unconstrained[key(site.name)])
+        p = self.unconstrained[key(site.name)]
+        return p if self._projected(site) else biject_to(site.support)(p)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if self.positive == "projected":
+            for s in self.sites:
+                if s.support is constraints.positive:
+                    self.unconstrained[key(s.name)].clamp_(min=self.min_positive)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "positive": self.positive, "min_positive": self.min_positive}
 
     def site_distribution(self, site: Site) -> Distribution:
         return dist.Delta(self.value(site), event_dim=site.event_dim)

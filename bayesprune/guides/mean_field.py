@@ -8,7 +8,7 @@ the default) or a LogNormal (``scales="lognormal"``: full VI).
 >>> from bayesprune import sparsify
 >>> from bayesprune.priors import HALO
 >>> guide = MeanField(sparsify(nn.Linear(3, 2), HALO(), layers=nn.Linear), init_scale=1e-2)
->>> float(guide.stddev(guide.sites[1]).mean())
+>>> float(guide.stddev(guide.sites[1]).detach().mean())
 0.01...
 """
 
@@ -48,7 +48,7 @@ class MeanField(Guide):
         self, net: BayesianNet, *, init_scale: float = 1e-3, scales: str = "delta"
     ) -> None:
         super().__init__(net)
-        if not (0 < init_scale < math.inf):
+        if isinstance(init_scale, bool) or not (0 < init_scale < math.inf):
             raise ValueError(f"MeanField: init_scale must be > 0, got {init_scale!r}")
         if scales not in ("delta", "lognormal"):
             raise ValueError(f"MeanField: scales must be 'delta' or 'lognormal', got {scales!r}")

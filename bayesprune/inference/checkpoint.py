@@ -8,7 +8,7 @@ the previous checkpoint whole.
 
 >>> import tempfile, torch
 >>> d = tempfile.mkdtemp()
->>> path = save_checkpoint({"epoch": 3, "w": torch.ones(2)}, d)
+>>> path = save_checkpoint({"format": "demo", "epoch": 3, "w": torch.ones(2)}, d)
 >>> load_checkpoint(path)["epoch"]
 3
 """

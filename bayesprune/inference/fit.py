@@ -38,6 +38,7 @@ from bayesprune.inference.checkpoint import (
 from bayesprune.inference.evaluate import evaluate
 from bayesprune.inference.losses import loss_from_name
 from bayesprune.inference.result import FitResult
+from bayesprune.inference.schedules import make_schedule
 from bayesprune.nn.bayesian_net import BayesianNet
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _check_data(data: Dataset) -> None:
 
 
 def _make_optimizer(
-    params: list[torch.nn.Parameter], name: str, lr: float, weight_decay: float
+    params: list[dict[str, Any]], name: str, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     if name not in kinds:
@@ -83,19 +84,8 @@ def _make_optimizer(
     if name == "sgd":
         kw["momentum"] = 0.9
     else:
-        kw["foreach"] = True
+        kw["fused"] = True  # one kernel per step for all parameters (CPU and CUDA)
     return kinds[name](params, **kw)
-
-
-def _schedule(optimizer: torch.optim.Optimizer, name: str | None, total_steps: int):
-    if name in (None, "constant"):
-        return None
-    if name == "cosine":
-        t = max(total_steps, 1)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, t) / t))
-        )
-    raise ValueError(f"fit: unknown schedule {name!r}; use None, 'constant' or 'cosine'")
 
 
 def _signature(net: BayesianNet, guide: Guide) -> str:
@@ -118,6 +108,7 @@ def fit(
     device: str | torch.device | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
+    role_lr: dict[str, float] | None = None,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     schedule: str | None = None,
@@ -142,6 +133,8 @@ def fit(
         guide and data are moved there.
     :param batch_size: mini-batch size; the likelihood is scaled by ``n_train / batch``.
     :param lr: learning rate of the single ``torch.optim`` optimizer.
+    :param role_lr: learning rates for guide parameters by site role, e.g.
+        ``{"scale": 1e-2}`` for HALO's shrinkage scales (default: ``lr`` for all).
     :param optimizer: ``"adam"`` (default), ``"adamw"`` or ``"sgd"`` (momentum 0.9).
     :param schedule: ``None`` or ``"cosine"`` (per step, to zero at the end).
     :param loss: ``"fused"`` (default; equals Pyro's Trace_ELBO, faster) or ``"trace"``.
@@ -170,10 +163,13 @@ def fit(
         raise TypeError(f"fit: net must be a BayesianNet (use sparsify), got {type(net).__name__}")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
         raise ValueError(f"fit: lr must be a finite number > 0, got {lr!r}")
+    for role, v in (role_lr or {}).items():
+        if not (isinstance(v, (int, float)) and 0 < v < math.inf):
+            raise ValueError(f"fit: role_lr[{role!r}] must be a finite number > 0, got {v!r}")
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"fit: log_every must be a positive integer, got {log_every!r}")
     if checkpoint_every is not None and (
@@ -203,9 +199,21 @@ def fit(
     n_train = data.n_train
     n_batches = data.num_batches(batch_size)
 
+    role_lr = dict(role_lr or {})
+
     def make_optimizer() -> torch.optim.Optimizer:
-        params = list(guide.parameters()) + [p for _, p in net.deterministic_parameters()]
-        return _make_optimizer([p for p in params if p.requires_grad], optimizer, lr, weight_decay)
+        groups: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for role, params in guide.parameters_by_role().items():
+            params = [p for p in params if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in params)
+            if params:
+                groups.append({"params": params, "lr": role_lr.get(role, lr), "role": role})
+        rest = [p for p in guide.parameters() if p.requires_grad and id(p) not in seen]
+        rest += [p for _, p in net.deterministic_parameters() if p.requires_grad]
+        if rest:
+            groups.append({"params": rest, "lr": lr, "role": "deterministic"})
+        return _make_optimizer(groups, optimizer, lr, weight_decay)
 
     opt = make_optimizer()
     state = FitState(
@@ -214,12 +222,13 @@ def fit(
         data=data,
         optimizer=opt,
         make_optimizer=make_optimizer,
-        scheduler=_schedule(opt, schedule, epochs * n_batches),
+        scheduler=make_schedule(opt, schedule, epochs * n_batches),
     )
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
     signature = _signature(net, guide)
+    resumed_sum: Tensor | None = None  # the loss summed over the resumed epoch's earlier steps
     if resume:
-        _restore(state, ckpt_dir, signature, dev)
+        resumed_sum = _restore(state, ckpt_dir, signature, dev)
         log.info("resumed from %s at epoch %d step %d", ckpt_dir, state.epoch, state.step_in_epoch)
     else:
         torch.manual_seed(seed)
@@ -236,6 +245,8 @@ def fit(
             guide.train()
             t0 = time.perf_counter()
             epoch_sum = torch.zeros((), device=dev)
+            if resumed_sum is not None:
+                epoch_sum, resumed_sum = resumed_sum.to(dev), None
             window = torch.zeros((), device=dev)
             in_window = 0
             bar = tqdm(
@@ -258,12 +269,13 @@ def fit(
                 if not validated:
                     if not bool(torch.isfinite(loss_value)):
                         raise NonFiniteLossError(
-                            f"fit: the loss is {float(loss_value)} at the first step; check the data "
+                            f"fit: the loss is {float(loss_value.detach())} at the first step; check the data "
                             "and hyper-parameters (nothing was changed, no checkpoint written)"
                         )
                     pyro.enable_validation(False)
                     validated = True
                 state.optimizer.step()
+                state.guide.project_()
                 if state.scheduler is not None:
                     state.scheduler.step()
                 detached = loss_value.detach()
@@ -288,7 +300,7 @@ def fit(
                     window = torch.zeros((), device=dev)
                     in_window = 0
                 if save_now:  # the window was just checked finite
-                    result.checkpoint = _save(state, ckpt_dir, signature)
+                    result.checkpoint = _save(state, ckpt_dir, signature, epoch_sum)
             bar.close()
             seconds = time.perf_counter() - t0
             record: dict[str, Any] = {
@@ -346,7 +358,7 @@ def _guard(mean: float, state: FitState, ckpt_dir: Path | None) -> None:
     )
 
 
-def _save(state: FitState, ckpt_dir: Path, signature: str) -> Path:
+def _save(state: FitState, ckpt_dir: Path, signature: str, epoch_sum: Tensor | None = None) -> Path:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "signature": signature,
@@ -361,13 +373,18 @@ def _save(state: FitState, ckpt_dir: Path, signature: str) -> Path:
         "elbo": list(state.elbo),
         "elbo_steps": list(state.elbo_steps),
         "rng": torch.get_rng_state(),
+        # mid-epoch: the loss summed so far, so the resumed epoch's mean counts every step
+        "epoch_sum": None if epoch_sum is None else epoch_sum.detach().cpu(),
     }
     if torch.cuda.is_available():
         payload["cuda_rng"] = torch.cuda.get_rng_state_all()
     return save_checkpoint(payload, ckpt_dir)
 
 
-def _restore(state: FitState, ckpt_dir: Path | None, signature: str, device: torch.device) -> None:
+def _restore(
+    state: FitState, ckpt_dir: Path | None, signature: str, device: torch.device
+) -> Tensor | None:
+    """Load the checkpoint into ``state``; returns the saved mid-epoch loss sum (or ``None``)."""
     assert ckpt_dir is not None
     ck = load_checkpoint(ckpt_dir)
     if ck.get("format") != CHECKPOINT_FORMAT:
@@ -396,3 +413,5 @@ def _restore(state: FitState, ckpt_dir: Path | None, signature: str, device: tor
     torch.set_rng_state(ck["rng"])
     if "cuda_rng" in ck and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    epoch_sum = ck.get("epoch_sum")
+    return epoch_sum if state.step_in_epoch > 0 and isinstance(epoch_sum, Tensor) else None

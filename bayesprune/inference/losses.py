@@ -28,6 +28,7 @@ from torch import Tensor
 
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.nn.likelihoods import check_batch
 
 
 class FusedELBO:
@@ -36,6 +37,7 @@ class FusedELBO:
     name = "fused"
 
     def __call__(self, net: BayesianNet, guide: Guide, x: Tensor, y: Tensor, n_data: int) -> Tensor:
+        check_batch(x.shape[0], n_data)
         values, log_q = guide.rsample()
         ctx = net.context(n_data)
         log_p = net.log_prior(values, ctx)

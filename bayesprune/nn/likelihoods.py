@@ -23,6 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def check_batch(batch: int, n_data: int) -> None:
+    """A mini-batch stands for ``n_data`` examples, so it cannot be larger."""
+    if int(n_data) < batch:
+        raise ValueError(
+            f"n_data={n_data} is smaller than the mini-batch ({batch}); n_data is the "
+            "training-set size the batch is scaled up to"
+        )
+
+
 class Likelihood:
     """Base class: ``observe`` for the Pyro model, ``log_prob`` for the fused loss."""
 
@@ -38,8 +47,9 @@ class Likelihood:
     def observe(self, output: Tensor, y: Tensor | None, n_data: int) -> Tensor:
         """``pyro.sample("obs", ...)`` inside a data plate of size ``n_data``."""
         batch = output.shape[0]
+        check_batch(batch, n_data)
         idx = torch.arange(batch, device=output.device)
-        with pyro.plate("data", size=max(int(n_data), batch), subsample=idx):
+        with pyro.plate("data", size=int(n_data), subsample=idx):
             return pyro.sample("obs", self.distribution(output), obs=y)
 
     def check_targets(self, y: Tensor, output_dim: int | None = None) -> None:
@@ -83,7 +93,9 @@ class Gaussian(Likelihood):
     name = "gaussian"
 
     def __init__(self, scale: float = 1.0) -> None:
-        if not (isinstance(scale, (int, float)) and 0 < scale < math.inf):
+        if isinstance(scale, bool) or not (
+            isinstance(scale, (int, float)) and 0 < scale < math.inf
+        ):
             raise ValueError(f"Gaussian likelihood: scale must be > 0, got {scale!r}")
         self.scale = float(scale)
 
@@ -109,4 +121,7 @@ def likelihood_from_config(config: dict[str, Any] | str) -> Likelihood:
     kinds = {"categorical": Categorical, "gaussian": Gaussian}
     if name not in kinds:
         raise ValueError(f"likelihood: unknown name {name!r}; known: {sorted(kinds)}")
-    return kinds[name](**cfg)
+    try:
+        return kinds[name](**cfg)
+    except TypeError as e:
+        raise ValueError(f"likelihood {name!r}: bad options {sorted(cfg)}: {e}") from None

@@ -30,20 +30,31 @@ def _matches(item: Any, name: str, module: nn.Module) -> bool:
         return name == item or fnmatch.fnmatchcase(name, item)
     if callable(item):
         return bool(item(name, module))
-    raise TypeError(
+    raise _bad_selector(item)
+
+
+def _bad_selector(item: Any) -> TypeError:
+    return TypeError(
         f"layers: cannot select modules with {item!r} ({type(item).__name__}); "
         "use a module type, a name or glob pattern, or a predicate f(name, module)"
     )
 
 
 def select_layers(
-    module: nn.Module, layers: LayerSelector, *, default: tuple[type, ...]
+    module: nn.Module,
+    layers: LayerSelector,
+    *,
+    default: tuple[type, ...],
+    supported: tuple[type, ...] | None = None,
 ) -> list[str]:
     """Names of the submodules of ``module`` chosen by ``layers``, in module order.
 
     :param module: the user's network.
     :param layers: the selector (see the module docstring).
     :param default: module types used when ``layers`` is ``None``.
+    :param supported: if given, glob patterns (names with ``*?[``) only pick modules of
+        these types -- ``"features.*"`` means the prunable layers under ``features``, not
+        its ReLUs. Exact names are taken as given (and checked by the prior).
     :raises ValueError: when a name or pattern matches nothing, or nothing is selected.
     """
     named = [(n, m) for n, m in module.named_modules() if n] or [("", module)]
@@ -57,8 +68,10 @@ def select_layers(
         and all(isinstance(t, type) for t in layers)
     ):
         items = [layers]
-    else:
+    elif isinstance(layers, Iterable):
         items = list(layers)
+    else:
+        raise _bad_selector(layers)
     chosen: list[str] = []
     for item in items:
         hits = [
@@ -66,6 +79,8 @@ def select_layers(
             for n, m in named
             if (isinstance(m, item) if isinstance(item, tuple) else _matches(item, n, m))
         ]
+        if isinstance(item, str) and supported is not None and any(c in item for c in "*?["):
+            hits = [n for n in hits if isinstance(module.get_submodule(n), supported)]
         if isinstance(item, str) and not hits:
             known = ", ".join(n for n, _ in named[:20])
             raise ValueError(f"layers: {item!r} matches no module; modules are: {known}")

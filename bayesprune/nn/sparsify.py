@@ -44,7 +44,9 @@ def sparsify(
         raise TypeError(f"sparsify: expected an nn.Module, got {type(module).__name__}")
     if not isinstance(prior, Prior):
         raise TypeError(f"sparsify: expected a bayesprune Prior, got {type(prior).__name__}")
-    names = select_layers(module, layers, default=prior.default_layer_types)
+    names = select_layers(
+        module, layers, default=prior.default_layer_types, supported=prior.supported_layer_types
+    )
     for n in names:
         prior.check_layer(n, module.get_submodule(n))
     lik = likelihood if isinstance(likelihood, Likelihood) else likelihood_from_config(likelihood)

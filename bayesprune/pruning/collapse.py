@@ -73,8 +73,16 @@ def collapse(
         if guide is None:
             raise ValueError("collapse: pass the fitted guide (or point=)")
         point = guide.point()
-    if keep is not None and not (isinstance(keep, (int, float)) and 0 < keep <= 1):
+    if keep is not None and not (
+        isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0 < keep <= 1
+    ):
         raise ValueError(f"collapse: keep must be a fraction in (0, 1], got {keep!r}")
+    if threshold is not None and (
+        not isinstance(threshold, (int, float))
+        or isinstance(threshold, bool)
+        or threshold != threshold
+    ):
+        raise ValueError(f"collapse: threshold must be a number, got {threshold!r}")
     if scope not in ("global", "layer"):
         raise ValueError(f"collapse: scope must be 'global' or 'layer', got {scope!r}")
     scores = layer_scores(net, point, **options)

@@ -30,6 +30,7 @@ network equals the collapsed one to float tolerance (tested).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -106,13 +107,16 @@ def _plan(
     """
     structured = {n: k for n, k in keep.items() if k.units is not None}
     name_of = {m: n for n, m in module.named_modules()}
-    plan: list[tuple[nn.Module, list[int]]] = []
-    done: set[str] = set()
-    for name, ks in structured.items():
-        if name in done:
-            continue
+    n_outs: dict[str, int] = {}
+    for name, ks in structured.items():  # check every keep-set, coupled ones included
         layer = module.get_submodule(name)
-        n_out = dg.get_out_channels(layer)
+        if layer not in dg.module2node:
+            raise ValueError(
+                f"extract: cannot remove units of layer {name!r} ({type(layer).__name__}): it "
+                "is not a layer of the network's traced forward pass on the example input"
+            )
+        pruner = dg.get_pruner_of_module(layer)
+        n_out = dg.get_out_channels(layer) if pruner is not None else None
         if n_out is None:
             raise TypeError(
                 f"extract: cannot remove units of layer {name!r} ({type(layer).__name__})"
@@ -121,6 +125,19 @@ def _plan(
             raise ValueError(
                 f"extract: layer {name!r} has {n_out} units, its keep-set says {ks.n_units}"
             )
+        if ks.units.numel() and int(ks.units.max()) >= n_out:
+            raise ValueError(
+                f"extract: layer {name!r} has {n_out} units, its keep-set keeps unit "
+                f"{int(ks.units.max())}"
+            )
+        n_outs[name] = n_out
+    plan: list[tuple[nn.Module, list[int]]] = []
+    done: set[str] = set()
+    for name, ks in structured.items():
+        if name in done:
+            continue
+        layer = module.get_submodule(name)
+        n_out = n_outs[name]
         drop = set(_dropped(ks, n_out))
         pruner = dg.get_pruner_of_module(layer)
         full = dg.get_pruning_group(layer, pruner.prune_out_channels, idxs=list(range(n_out)))
@@ -138,8 +155,44 @@ def _plan(
         if len(drop) >= n_out:
             raise ValueError(f"extract: the keep-set of layer {name!r} drops all {n_out} units")
         if drop:
+            _check_grouped(dg, _group(dg, layer, sorted(drop)), name, name_of)
             plan.append((layer, sorted(drop)))
     return plan
+
+
+def _check_grouped(
+    dg: tp.DependencyGraph, group: tp.DependencyGroup, root: str, name_of: dict[nn.Module, str]
+) -> None:
+    """Refuse channel surgery that torch-pruning would get wrong on grouped convolutions.
+
+    torch-pruning slices depthwise convs (``groups == in == out``) correctly, but for
+    other grouped convs it only handles removing the *same* in-group positions from
+    every group (inputs) and the same number of units from every group (outputs); any
+    other removal silently breaks the group structure.
+    """
+    for item in group.items:
+        m = item.dep.target.module
+        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1:
+            continue
+        if m.groups == m.in_channels == m.out_channels:
+            continue  # depthwise: in and out channels are removed together
+        out = dg.is_out_channel_pruning_fn(item.dep.handler)
+        idxs = sorted(int(i) for i in item.idxs)
+        g = m.groups
+        per = (m.out_channels if out else m.in_channels) // g
+        by_group = [{i % per for i in idxs if i // per == j} for j in range(g)]
+        ok = not m.transposed and (
+            len({len(s) for s in by_group}) == 1 if out else all(s == by_group[0] for s in by_group)
+        )
+        if not ok:
+            side = "output units" if out else "input channels"
+            raise ValueError(
+                f"extract: removing units of layer {root!r} removes {side} {idxs} of the "
+                f"grouped convolution {name_of.get(m, type(m).__name__)!r} (groups={g}), which "
+                "cannot be sliced into equal groups; a grouped conv (other than depthwise) "
+                "needs the same number of units removed from every group (outputs) and the "
+                "same positions removed from every group (inputs)"
+            )
 
 
 def _group(dg: tp.DependencyGraph, layer: nn.Module, drop: list[int]) -> tp.DependencyGroup:
@@ -152,20 +205,27 @@ def _zero_out_channels(dg: tp.DependencyGraph, group: tp.DependencyGroup) -> Non
         if not dg.is_out_channel_pruning_fn(item.dep.handler):
             continue
         m = item.dep.target.module
-        if not isinstance(m, nn.Module) or not any(True for _ in m.parameters(recurse=False)):
+        if not isinstance(m, nn.Module):
+            continue
+        tensors = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+        is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
+        if not is_bn and not any(True for _ in m.parameters(recurse=False)):
             continue  # parameter-free ops (ReLU, pooling, add, ...) pass zeros through
         if not isinstance(m, _ZEROABLE):
             raise TypeError(
                 f"extract: cannot zero the dropped channels of a coupled {type(m).__name__}; "
                 "supported: Linear, Conv, BatchNorm"
             )
-        idx = torch.as_tensor(list(item.idxs), dtype=torch.long, device=m.weight.device)
+        idx = torch.as_tensor(list(item.idxs), dtype=torch.long, device=tensors[0].device)
         if isinstance(m, nn.modules.conv._ConvTransposeNd):
             m.weight.index_fill_(1, idx, 0.0)
         elif m.weight is not None:
             m.weight.index_fill_(0, idx, 0.0)
         if m.bias is not None:
             m.bias.index_fill_(0, idx, 0.0)
+        if is_bn and m.running_mean is not None:
+            # BN without affine parameters maps 0 to -mean/std: make it map 0 to 0
+            m.running_mean.index_fill_(0, idx, 0.0)
 
 
 @torch.no_grad()
@@ -203,6 +263,7 @@ def extract(
     keep: dict[str, KeepSet],
     *,
     example_input: Tensor | None = None,
+    check: bool = True,
 ) -> nn.Module:
     """A plain ``nn.Module`` with the keep-sets baked in and dropped units removed.
 
@@ -210,8 +271,15 @@ def extract(
     :param keep: ``{layer name: KeepSet}``, e.g. from :func:`bayesprune.collapse`.
     :param example_input: one input batch used to trace the network for channel surgery
         (default: the one the BayesianNet recorded when it was fitted).
+    :param check: after removing units, run the example input through the collapsed and
+        the extracted network (eval mode) and raise if they differ.
     :raises ValueError: for a keep-set naming a missing layer or of the wrong shape, or
-        dropping every unit of a layer.
+        dropping every unit of a layer, or a removal torch-pruning cannot do correctly
+        (grouped convs), or -- with ``check`` -- when the extracted network does not
+        reproduce the collapsed one (e.g. an activation with ``f(0) != 0`` after a
+        pruned layer).
+    :raises TypeError: when a dropped unit feeds a layer that mixes channels
+        (GroupNorm, LayerNorm, attention, ...), so removing it would change the output.
     """
     if example_input is None and isinstance(net, BayesianNet):
         example_input = net.example_input
@@ -223,6 +291,43 @@ def extract(
         plan = _plan(module, dg, keep)
         for layer, drop in plan:  # out-channels of planned layers are untouched by earlier groups
             _zero_out_channels(dg, _group(dg, layer, drop))
+        before = _outputs(module, example_input) if check and plan else None
         for layer, drop in plan:
             _group(dg, layer, drop).prune(record_history=False)
+        if before is not None:
+            _compare(before, _outputs(module, example_input))
     return module
+
+
+@torch.no_grad()
+def _outputs(module: nn.Module, example_input: Any) -> list[Tensor]:
+    was_training = module.training
+    module.eval()
+    try:  # called the way torch-pruning traced it
+        if isinstance(example_input, dict):
+            out = module(**example_input)
+        elif isinstance(example_input, (tuple, list)):
+            out = module(*example_input)
+        else:
+            out = module(example_input)
+    finally:
+        module.train(was_training)
+    leaves, _ = torch.utils._pytree.tree_flatten(out)
+    return [t.detach().clone() for t in leaves if isinstance(t, Tensor)]
+
+
+def _compare(before: list[Tensor], after: list[Tensor]) -> None:
+    for i, (a, b) in enumerate(zip(before, after, strict=False)):
+        if a.shape != b.shape or not a.is_floating_point():
+            continue  # units of an output layer were removed: nothing to line up
+        tol = 1e-4 * (1.0 + float(a.abs().max()))
+        diff = float((a - b).abs().max())
+        if not diff <= tol:
+            raise ValueError(
+                f"extract: on the example input the extracted network's output {i} differs "
+                f"from the collapsed (masked) model's by {diff:.3g} (tolerance {tol:.3g}): a "
+                "dropped unit's zero output does not reach its consumers as zero -- typically an "
+                "activation with f(0) != 0 (Sigmoid, Softplus, ...) or an op that mixes "
+                "channels between a pruned layer and its consumers. Pass check=False to "
+                "extract anyway."
+            )

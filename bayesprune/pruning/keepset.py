@@ -18,6 +18,7 @@ three things about a layer, any combination of them:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -35,12 +36,24 @@ class KeepSet:
     identity: bool = False  # a whole block removed: it becomes its shortcut
 
     def __post_init__(self) -> None:
-        if self.weight_mask is not None and self.weight_mask.dtype != torch.bool:
-            raise TypeError(
-                f"KeepSet.weight_mask must be a bool tensor, got {self.weight_mask.dtype}"
-            )
+        if self.weight_mask is not None and (
+            not isinstance(self.weight_mask, Tensor) or self.weight_mask.dtype != torch.bool
+        ):
+            got = getattr(self.weight_mask, "dtype", type(self.weight_mask).__name__)
+            raise TypeError(f"KeepSet.weight_mask must be a bool tensor, got {got}")
+        if self.n_units is not None:
+            n = self.n_units
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise ValueError(f"KeepSet.n_units must be a positive integer, got {n!r}")
+            self.n_units = int(n)
         if self.units is not None:
-            u = torch.as_tensor(self.units, dtype=torch.long).flatten()
+            u = torch.as_tensor(self.units)
+            if u.numel() and (u.dtype == torch.bool or u.is_floating_point() or u.is_complex()):
+                raise TypeError(
+                    f"KeepSet.units must be integer unit indices, got {u.dtype} "
+                    "(for a boolean mask over units use mask.nonzero().flatten())"
+                )
+            u = u.to(torch.long).flatten()
             if u.numel() and (
                 u.min() < 0 or (self.n_units is not None and u.max() >= self.n_units)
             ):
