@@ -10,6 +10,11 @@ freshly built guide. It has two faces that must agree:
   ``Σ log q`` directly, for the fused loss.
 
 Parameter keys are the site names with ``.`` replaced by ``/`` (``fc1/weight``).
+
+Gate sites (``role == "gate"``) are handled here for every guide family:
+``q(z) = Bernoulli(θ)`` with θ projected into [0, 1], and their ``gate_prob``
+sites are a Delta at the prior parameter's optimum ``π*(θ)``. Subclasses
+describe the other sites through ``_distribution`` / ``_rsample`` / ``_point``.
 """
 
 from __future__ import annotations
@@ -17,13 +22,18 @@ from __future__ import annotations
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
 
+from bayesprune.distributions.flattening import optimal_prior_prob
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.priors.gates import probs_key
 from bayesprune.sites import Site
+
+GATE_ROLES = ("gate", "gate_prob")
 
 
 def key(site_name: str) -> str:
@@ -44,21 +54,67 @@ class Guide(nn.Module):
             )
         # plain tuple: the guide must not register the net's parameters as its own
         self.sites: tuple[Site, ...] = net.sites
+        # Bernoulli gates: q(z) = Bernoulli(θ), θ projected into [0, 1] after every step
+        self.gate_probs = nn.ParameterDict()
+        for s in self.sites:
+            if s.role == "gate":
+                self.gate_probs[key(s.name)] = nn.Parameter(net.initial_value(s).detach().clone())
 
-    # --- to implement -----------------------------------------------------------------
-    def site_distribution(self, site: Site) -> Distribution:
-        """``q(site)`` as a Pyro distribution with ``event_shape == site.shape``."""
-        raise NotImplementedError(f"{type(self).__name__}.site_distribution")
+    # --- to implement for the non-gate sites ------------------------------------------
+    def _distribution(self, site: Site) -> Distribution:
+        raise NotImplementedError(f"{type(self).__name__}._distribution")
 
-    def rsample_site(self, site: Site) -> tuple[Tensor, Tensor | None]:
-        """A reparameterised draw of ``site`` and its ``log q`` (``None`` for zero)."""
-        d = self.site_distribution(site)
+    def _rsample(self, site: Site) -> tuple[Tensor, Tensor | None]:
+        d = self._distribution(site)
         v = d.rsample()
         return v, d.log_prob(v)
 
+    def _point(self, site: Site) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__}._point")
+
+    def _project_(self) -> None:
+        """Subclass part of :meth:`project_`."""
+
+    # --- per site ---------------------------------------------------------------------
+    def gate_theta(self, site: Site) -> Tensor:
+        """θ = q(z = 1) of a gate site (or of the gate a ``gate_prob`` site belongs to)."""
+        name = site.meta["gate"] if site.role == "gate_prob" else site.name
+        return self.gate_probs[key(name)]
+
+    def _optimal_prior_prob(self, site: Site) -> Tensor:
+        theta = self.gate_theta(site)
+        gamma = torch.tensor(site.meta["gamma"], device=theta.device, dtype=theta.dtype)
+        return optimal_prior_prob(theta.clamp(0.0, 1.0), gamma)
+
+    def site_distribution(self, site: Site) -> Distribution:
+        """``q(site)`` as a Pyro distribution with ``event_shape == site.shape``."""
+        if site.role == "gate":
+            return dist.Bernoulli(probs=self.gate_theta(site).clamp(0.0, 1.0)).to_event(1)
+        if site.role == "gate_prob":  # the prior parameter at its optimum given θ
+            return dist.Delta(self._optimal_prior_prob(site), event_dim=1)
+        return self._distribution(site)
+
+    def rsample_site(self, site: Site) -> tuple[Tensor, Tensor | None]:
+        """A draw of ``site`` for the fused loss and its ``log q`` (``None`` for zero).
+
+        Gates give a hard 0/1 sample with a straight-through gradient (``∂z/∂θ = 1``);
+        their ``log q`` is folded into the prior's closed form (see
+        :mod:`bayesprune.priors.gates`)."""
+        if site.role == "gate":
+            theta = self.gate_theta(site).clamp(0.0, 1.0)
+            hard = torch.bernoulli(theta.detach())
+            return hard + theta - theta.detach(), None
+        if site.role == "gate_prob":
+            return self._optimal_prior_prob(site), None
+        return self._rsample(site)
+
     def point_site(self, site: Site) -> Tensor:
-        """A point summary of ``q(site)`` (the median) used for prediction and collapse."""
-        raise NotImplementedError(f"{type(self).__name__}.point_site")
+        """A point summary of ``q(site)`` -- its median: for a gate, 1 where θ > 0.5."""
+        if site.role == "gate":
+            return (self.gate_theta(site) > 0.5).to(self.gate_theta(site).dtype)
+        if site.role == "gate_prob":
+            return self._optimal_prior_prob(site)
+        return self._point(site)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -66,7 +122,10 @@ class Guide(nn.Module):
     @torch.no_grad()
     def project_(self) -> None:
         """Called after every optimizer step: put projected parameters back into their
-        support (e.g. gate probabilities into [0, 1]). The default does nothing."""
+        support -- gate probabilities into [0, 1], plus whatever the subclass projects."""
+        for p in self.gate_probs.values():
+            p.clamp_(0.0, 1.0)
+        self._project_()
 
     def site_parameters(self, site: Site) -> list[nn.Parameter]:
         """The guide parameters that belong to ``site`` (e.g. its loc and scale)."""
@@ -97,6 +156,8 @@ class Guide(nn.Module):
         for s in self.sites:
             v, lq = self.rsample_site(s)
             values[s.name] = v
+            if s.role == "gate":
+                values[probs_key(s.name)] = self.gate_theta(s).clamp(0.0, 1.0)
             if lq is not None:
                 log_q = lq if log_q is None else log_q + lq
         if log_q is None:
@@ -105,8 +166,15 @@ class Guide(nn.Module):
 
     @torch.no_grad()
     def point(self) -> dict[str, Tensor]:
-        """Point summaries of every site (detached)."""
-        return {s.name: self.point_site(s).detach() for s in self.sites}
+        """Point summaries of every site (detached); gates also give θ under
+        ``probs_key(name)`` (what collapse ranks by)."""
+        out = {s.name: self.point_site(s).detach() for s in self.sites}
+        for s in self.gates():
+            out[probs_key(s.name)] = self.gate_theta(s).detach().clamp(0.0, 1.0)
+        return out
+
+    def gates(self) -> list[Site]:
+        return [s for s in self.sites if s.role == "gate"]
 
     @torch.no_grad()
     def sample(self, n: int, sites: list[str] | None = None) -> dict[str, Tensor]:

@@ -24,7 +24,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
-from bayesprune.guides.base import Guide, key
+from bayesprune.guides.base import GATE_ROLES, Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.sites import Site
 
@@ -55,6 +55,8 @@ class MAP(Guide):
         self.min_positive = float(min_positive)
         self.unconstrained = nn.ParameterDict()
         for s in self.sites:
+            if s.role in GATE_ROLES:
+                continue
             init = net.initial_value(s).detach()
             if self._projected(s):
                 self.unconstrained[key(s.name)] = nn.Parameter(
@@ -73,7 +75,7 @@ class MAP(Guide):
         return p if self._projected(site) else biject_to(site.support)(p)
 
     @torch.no_grad()
-    def project_(self) -> None:
+    def _project_(self) -> None:
         if self.positive == "projected":
             for s in self.sites:
                 if s.support is constraints.positive:
@@ -82,11 +84,11 @@ class MAP(Guide):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "positive": self.positive, "min_positive": self.min_positive}
 
-    def site_distribution(self, site: Site) -> Distribution:
+    def _distribution(self, site: Site) -> Distribution:
         return dist.Delta(self.value(site), event_dim=site.event_dim)
 
-    def rsample_site(self, site: Site) -> tuple[Tensor, None]:
+    def _rsample(self, site: Site) -> tuple[Tensor, None]:
         return self.value(site), None
 
-    def point_site(self, site: Site) -> Tensor:
+    def _point(self, site: Site) -> Tensor:
         return self.value(site)

@@ -25,7 +25,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
-from bayesprune.guides.base import Guide, key
+from bayesprune.guides.base import GATE_ROLES, Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.sites import Site
 
@@ -58,6 +58,8 @@ class MeanField(Guide):
         self.rho = nn.ParameterDict()
         self.unconstrained = nn.ParameterDict()
         for s in self.sites:
+            if s.role in GATE_ROLES:
+                continue
             init = net.initial_value(s).detach()
             kind = self.kind(s)
             if kind == "normal":
@@ -87,7 +89,7 @@ class MeanField(Guide):
         """Standard deviation parameter of ``site``'s (log-)Normal."""
         return F.softplus(self.rho[key(site.name)])
 
-    def site_distribution(self, site: Site) -> Distribution:
+    def _distribution(self, site: Site) -> Distribution:
         kind = self.kind(site)
         if kind == "normal":
             d = dist.Normal(self.loc[key(site.name)], self.stddev(site))
@@ -98,7 +100,7 @@ class MeanField(Guide):
             return dist.Delta(v, event_dim=site.event_dim)
         return d.to_event(site.event_dim)
 
-    def rsample_site(self, site: Site) -> tuple[Tensor, Tensor | None]:
+    def _rsample(self, site: Site) -> tuple[Tensor, Tensor | None]:
         kind = self.kind(site)
         if kind == "delta":
             return biject_to(site.support)(self.unconstrained[key(site.name)]), None
@@ -111,7 +113,7 @@ class MeanField(Guide):
             return draw.exp(), log_q - draw.sum()
         return draw, log_q
 
-    def point_site(self, site: Site) -> Tensor:
+    def _point(self, site: Site) -> Tensor:
         kind = self.kind(site)
         if kind == "normal":
             return self.loc[key(site.name)]

@@ -310,9 +310,13 @@ def fit(
             }
             if validate and data.val is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(net, guide, data.val).items()})
-            kept = net.prior.kept_fraction(net, guide.point())
+            point = guide.point()
+            kept = net.prior.kept_fraction(net, point)
             if kept is not None:
                 record["kept"] = kept
+            units = getattr(net.prior, "units_alive", None)
+            if units is not None:
+                record["units"] = units(net, point)
             state.history.append(record)
             log.info("epoch %s", record)
             if progress:
@@ -341,6 +345,8 @@ def _format_record(r: dict[str, Any], epochs: int) -> str:
         parts.append(f"val acc {100 * r['val_accuracy']:.2f}%")
     if "kept" in r:
         parts.append(f"kept {100 * r['kept']:.2f}%")
+    if "units" in r:
+        parts.append("units " + "-".join(str(v) for v in r["units"].values()))
     return "  ".join(parts)
 
 

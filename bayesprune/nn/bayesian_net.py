@@ -65,7 +65,9 @@ class BayesianNet(nn.Module):
             s for n in self.layer_names for s in self.layer_sites[n]
         )
         self.replacing: tuple[Site, ...] = tuple(s for s in self.sites if s.replaces is not None)
+        self.gates: tuple[Site, ...] = tuple(s for s in self.sites if s.role == "gate")
         self.example_input: Tensor | None = None
+        self._gate_targets: dict[str, str] | None = None
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
             raise ValueError(f"{type(prior).__name__}: duplicate site names {names}")
@@ -106,9 +108,34 @@ class BayesianNet(nn.Module):
 
     # --- the model --------------------------------------------------------------------
     def run(self, values: dict[str, Tensor], x: Tensor) -> Tensor:
-        """The network's output on ``x`` with the site values put in place."""
+        """The network's output on ``x`` with the site values put in place: sampled weights
+        replace parameters, gate values multiply their units' outputs."""
         overrides = {s.replaces: values[s.name] for s in self.replacing}
-        return functional_call(self.module, overrides, (x,), strict=False, tie_weights=False)
+        if not self.gates:
+            return functional_call(self.module, overrides, (x,), strict=False, tie_weights=False)
+        targets = self.gate_targets(x)
+        handles = []
+        try:
+            for s in self.gates:
+                mod = self.module.get_submodule(targets[s.name])
+                handles.append(mod.register_forward_hook(_gate_hook(values[s.name], s.meta["dim"])))
+            return functional_call(self.module, overrides, (x,), strict=False, tie_weights=False)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def gate_targets(self, x: Tensor | None = None) -> dict[str, str]:
+        """Which module's output each gate multiplies: the gated layer itself, or the
+        BatchNorm that directly consumes its output (so a closed gate zeroes the unit's
+        contribution exactly). Found once by tracing one forward pass; cached."""
+        if self._gate_targets is None:
+            if x is None:
+                x = self.example_input
+            explicit = {s.name: s.meta["target"] for s in self.gates}
+            if x is None:
+                return explicit
+            self._gate_targets = _follow_batchnorm(self.module, explicit, x[:1])
+        return self._gate_targets
 
     def log_prior(self, values: dict[str, Tensor], ctx: Context) -> Tensor:
         """``Σ log p(sites)`` computed directly (the prior's fused form)."""
@@ -149,3 +176,44 @@ class BayesianNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"prior={self.prior!r}, layers={list(self.layer_names)}"
+
+
+def _gate_hook(gate: Tensor, dim: int):
+    def hook(module: nn.Module, inputs: object, out: Tensor) -> Tensor:
+        shape = [1] * out.dim()
+        shape[dim] = -1
+        return out * gate.reshape(shape)
+
+    return hook
+
+
+@torch.no_grad()
+def _follow_batchnorm(module: nn.Module, targets: dict[str, str], x: Tensor) -> dict[str, str]:
+    """Move each gate from its layer to a BatchNorm fed directly by that layer's output."""
+    outputs: dict[int, str] = {}
+    consumers: dict[str, str] = {}
+    names = {m: n for n, m in module.named_modules()}
+    handles = []
+
+    def record(mod: nn.Module, inputs: tuple, out: object) -> None:
+        name = names.get(mod)
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and inputs:
+            src = outputs.get(id(inputs[0]))
+            if src is not None and src not in consumers:
+                consumers[src] = name
+        if isinstance(out, Tensor):
+            outputs[id(out)] = name
+
+    wanted = set(targets.values())
+    for mod in module.modules():
+        if names.get(mod) in wanted or isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            handles.append(mod.register_forward_hook(record))
+    was = module.training
+    module.eval()
+    try:
+        module(x)
+    finally:
+        module.train(was)
+        for h in handles:
+            h.remove()
+    return {site: consumers.get(layer, layer) for site, layer in targets.items()}

@@ -10,11 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior
+from bayesprune.priors.gates import UnitGates
+from bayesprune.priors.gaussian import Gaussian
 from bayesprune.priors.halo import HALO
 
-__all__ = ["DEFAULT_LAYER_TYPES", "HALO", "Prior", "from_config", "register"]
+__all__ = [
+    "DEFAULT_LAYER_TYPES",
+    "HALO",
+    "Gaussian",
+    "Prior",
+    "UnitGates",
+    "from_config",
+    "register",
+]
 
-_REGISTRY: dict[str, type[Prior]] = {"halo": HALO}
+_REGISTRY: dict[str, type[Prior]] = {"halo": HALO, "gaussian": Gaussian, "gates": UnitGates}
 
 
 def register(name: str, cls: type[Prior]) -> None:

@@ -42,6 +42,18 @@ class Prior:
     default_guide: str = "map"
     #: registry name, used in configs and saved runs
     name: str = "prior"
+    #: ``collapse(..., threshold=None)`` keeps elements scoring above this
+    default_threshold: float = 0.0
+
+    def default_selection(self, module: nn.Module, names: list[str]) -> list[str]:
+        """Trim the layers chosen by default (``layers=None``); e.g. gates leave out the
+        output layer. The default keeps them all."""
+        return names
+
+    def bind(self, module: nn.Module, layer_names: list[str], example_input: Tensor | None) -> None:
+        """Called once by :func:`~bayesprune.sparsify` before ``layer_sites``, with the whole
+        network, so a prior can compute per-layer facts that need it (e.g. FLOPs per unit).
+        The default does nothing."""
 
     def check_layer(self, name: str, layer: nn.Module) -> None:
         """Raise ``TypeError`` naming the layer if this prior cannot be put on it."""

@@ -152,6 +152,7 @@ class HALO(Prior):
 
     #: weights (or unit norms) at or below this magnitude count as pruned in progress reports
     report_tol: float = 1e-3
+    default_threshold = report_tol
 
     def kept_fraction(self, net: Any, point: dict[str, Tensor]) -> float:
         """Fraction of weights (units for ``per="unit"``) with score above :attr:`report_tol`."""

@@ -62,7 +62,7 @@ def collapse(
         (or pass ``point=`` directly).
     :param keep: fraction of prunable elements to keep, in ``(0, 1]``.
     :param threshold: keep elements whose score is above this (used when ``keep`` is None;
-        the default is the prior's ``report_tol``).
+        the default is the prior's ``default_threshold``).
     :param scope: ``"global"`` (one ranking over all layers, default) or ``"layer"``
         (``keep`` applies to each layer separately).
     :param min_units: structured keep-sets never keep fewer units than this per layer.
@@ -99,7 +99,7 @@ def collapse(
         masks = {n: _top_mask(s.float(), round(keep * s.numel())) for n, s in scores.items()}
     else:
         if threshold is None:
-            threshold = getattr(net.prior, "report_tol", 0.0)
+            threshold = net.prior.default_threshold
         masks = {n: s > threshold for n, s in scores.items()}
 
     result: dict[str, KeepSet] = {}

@@ -456,9 +456,12 @@ def test_resnet18_a_kept_channel_anywhere_in_a_group_survives():
 def test_extract_from_a_bayesian_net_uses_its_example_input():
     module = build("lenet5")
     net = sparsify(module, HALO(per="unit"), layers=["conv1", "conv2", "fc1"])
+    # sparsify records a zoo network's example_input(); a user's module may have none
+    assert net.example_input is not None and net.example_input.shape == (1, 1, 28, 28)
+    net.example_input = None
     keep = {"conv1": ks([1, 4], 20), "fc1": ks(list(range(50)), 500)}
     with pytest.raises(ValueError, match="example_input"):
-        extract(net, keep)  # nothing recorded yet
+        extract(net, keep)  # nothing recorded
     with pytest.raises(ValueError, match="example_input"):
         masked_copy(net, keep)
     net.example_input = torch.zeros(1, 1, 28, 28)

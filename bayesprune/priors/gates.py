@@ -1,0 +1,244 @@
+"""Bernoulli unit/filter gates with the flattening hyper-prior (Guenter & Sideris).
+
+Every output unit of a gated Linear layer and every filter of a gated Conv
+layer is multiplied by ``z_u ~ Bernoulli(π_u)``; ``π_u`` has the flattening
+hyper-prior :class:`~bayesprune.distributions.Flattening` (γ_u) and the weights a
+Gaussian (or any other) weight prior::
+
+    π_u ~ Flattening(γ_u)            site "<layer>.gate_prob"
+    z_u | π_u ~ Bernoulli(π_u)       site "<layer>.gate"        (multiplies unit u's output)
+    W ~ weight prior                 site "<layer>.weight"      (Gaussian(1) by default)
+
+The guide gives each gate ``q(z_u) = Bernoulli(θ_u)`` with θ_u kept in [0, 1] by
+projection after every step, and puts the prior parameter at its optimum
+``π_u = π*(θ_u)`` (a Delta). Then each gate costs exactly ``γ_u θ_u`` in the
+negative ELBO (see :mod:`bayesprune.distributions.flattening` for the
+derivation): the objective is multilinear in the θs and its minimisers are
+deterministic networks, θ ∈ {0, 1}.
+
+Gradient estimator (the fused loss): the likelihood sees a hard sample
+``z ~ Bernoulli(θ)`` with a straight-through gradient ``∂z/∂θ = 1``; the gate
+terms use their closed form ``Σ γθ`` (the guide's entropy cancels against the
+optimised prior, so it is folded in here rather than differentiated at the
+boundary, where ``∇H(θ)`` is infinite). The straight-through gradient is exact
+for a loss linear in each gate and biased otherwise; Pyro's ``Trace_ELBO``
+(``loss="trace"``) gives the unbiased score-function estimate of the same ELBO.
+
+Where the gate sits: on the layer's output, or -- if a BatchNorm directly
+consumes that output -- on the BatchNorm's output, so a gate at 0 makes the
+unit's contribution exactly 0 and the unit can be cut out of the network.
+
+Complexity-aware prices: ``cost="flops"`` / ``"params"`` / ``"mixed"`` scales γ
+per unit by what removing that unit saves (its own MACs or parameters plus the
+matching input slice of every consumer), normalised so the mean price over all
+gated units is γ. A unit of conv1 (many MACs per parameter) then costs more
+than a unit of fc1, which is what aims the fit at a FLOPs budget.
+
+>>> import torch.nn as nn
+>>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+>>> from bayesprune import sparsify
+>>> [s.name for s in sparsify(net, UnitGates(gamma=10.0)).sites]  # output layer left out
+['0.gate_prob', '0.gate', '0.weight']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+import torch.nn as nn
+from pyro.distributions import Distribution
+from torch import Tensor
+from torch.distributions import constraints
+
+from bayesprune.distributions.flattening import Flattening, gate_cost
+from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior, check_positive
+from bayesprune.priors.gaussian import Gaussian
+from bayesprune.sites import Context, Site, join
+
+COSTS = ("uniform", "flops", "params", "mixed")
+
+
+def probs_key(site_name: str) -> str:
+    """Key under which the fused path passes a Bernoulli site's probabilities θ."""
+    return site_name + "#probs"
+
+
+class UnitGates(Prior):
+    """Bernoulli gates on output units / filters with the flattening hyper-prior.
+
+    :param gamma: price of keeping one unit (mean price with a complexity-aware ``cost``);
+        the accuracy/size trade-off. Not scaled by the data-set size.
+    :param cost: ``"uniform"`` (γ for every unit), ``"flops"``, ``"params"`` or ``"mixed"``
+        (the mean of the flops and params prices).
+    :param weight_prior: prior of the gated layers' weights (default ``Gaussian(1.0)``;
+        e.g. :class:`~bayesprune.priors.HALO` composes).
+    :param init_prob: starting gate probability θ.
+    """
+
+    name = "gates"
+    default_threshold = 0.5
+
+    def __init__(
+        self,
+        gamma: float = 30.0,
+        *,
+        cost: str = "uniform",
+        weight_prior: Prior | dict[str, Any] | None = None,
+        init_prob: float = 0.9,
+    ) -> None:
+        if (
+            isinstance(gamma, bool)
+            or not isinstance(gamma, (int, float))
+            or not (0 <= gamma < float("inf"))
+        ):
+            raise ValueError(f"UnitGates: gamma must be a finite number >= 0, got {gamma!r}")
+        if cost not in COSTS:
+            raise ValueError(f"UnitGates: cost must be one of {COSTS}, got {cost!r}")
+        check_positive("UnitGates", init_prob=init_prob)
+        if init_prob > 1:
+            raise ValueError(f"UnitGates: init_prob must be in (0, 1], got {init_prob!r}")
+        if isinstance(weight_prior, dict):
+            from bayesprune.priors import from_config
+
+            weight_prior = from_config(weight_prior)
+        self.gamma = float(gamma)
+        self.cost = cost
+        self.weight_prior = weight_prior if weight_prior is not None else Gaussian(1.0)
+        if isinstance(self.weight_prior, UnitGates):
+            raise TypeError("UnitGates: weight_prior cannot itself be UnitGates")
+        self.init_prob = float(init_prob)
+        self._prices: dict[str, Tensor] = {}
+
+    supported_layer_types = DEFAULT_LAYER_TYPES
+
+    # --- choosing layers and prices ---------------------------------------------------
+    def default_selection(self, module: nn.Module, names: list[str]) -> list[str]:
+        """Every Linear/Conv but the last one in module order (the output layer: gating it
+        would remove classes)."""
+        return names[:-1] if len(names) > 1 else names
+
+    def bind(self, module: nn.Module, layer_names: list[str], example_input: Tensor | None) -> None:
+        self._prices = {}
+        if self.cost == "uniform":
+            return
+        if example_input is None:
+            raise ValueError(
+                f"UnitGates(cost={self.cost!r}) needs an example input to count FLOPs and "
+                "parameters per unit: pass sparsify(..., example_input=x) or use a zoo network"
+            )
+        from bayesprune.priors.unit_costs import unit_costs
+
+        costs = unit_costs(module, layer_names, example_input)
+        if self.cost == "mixed":
+            per = {
+                n: 0.5 * (c["flops"] / c["flops_mean"] + c["params"] / c["params_mean"])
+                for n, c in costs.items()
+            }
+        else:
+            per = {n: c[self.cost] / c[f"{self.cost}_mean"] for n, c in costs.items()}
+        self._prices = {n: self.gamma * v for n, v in per.items()}
+
+    def prices(self, name: str, n_units: int) -> Tensor:
+        """γ_u for every unit of layer ``name``."""
+        if name in self._prices:
+            return self._prices[name].detach().clone()
+        return torch.full((n_units,), self.gamma)
+
+    # --- sites ------------------------------------------------------------------------
+    def layer_sites(self, name: str, layer: nn.Module) -> list[Site]:
+        self.check_layer(name, layer)
+        units = int(layer.weight.shape[0])
+        gammas = tuple(float(g) for g in self.prices(name, units))
+        dim = -1 if isinstance(layer, nn.Linear) else 1
+        gate = join(name, "gate")
+        return [
+            Site(
+                join(name, "gate_prob"),
+                name,
+                "gate_prob",
+                (units,),
+                constraints.unit_interval,
+                info=(("gamma", gammas), ("gate", gate)),
+            ),
+            Site(
+                gate,
+                name,
+                "gate",
+                (units,),
+                constraints.boolean,
+                info=(
+                    ("gamma", gammas),
+                    ("target", name),
+                    ("dim", dim),
+                    ("prob", join(name, "gate_prob")),
+                ),
+            ),
+            *self.weight_prior.layer_sites(name, layer),
+        ]
+
+    def _own(self, site: Site) -> bool:
+        return site.role in ("gate", "gate_prob")
+
+    def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
+        if site.role == "gate":
+            return torch.full(site.shape, self.init_prob, dtype=layer.weight.dtype)
+        if site.role == "gate_prob":
+            g = torch.tensor(site.meta["gamma"], dtype=layer.weight.dtype)
+            from bayesprune.distributions.flattening import optimal_prior_prob
+
+            return optimal_prior_prob(torch.full(site.shape, self.init_prob, dtype=g.dtype), g)
+        return self.weight_prior.initial_value(site, layer)
+
+    def gamma_of(self, site: Site, ctx: Context) -> Tensor:
+        return torch.tensor(site.meta["gamma"], device=ctx.device, dtype=ctx.dtype)
+
+    def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
+        if site.role == "gate_prob":
+            return Flattening(self.gamma_of(site, ctx)).to_event(1)
+        if site.role == "gate":
+            return dist.Bernoulli(probs=values[site.meta["prob"]]).to_event(1)
+        return self.weight_prior.distribution(site, values, ctx)
+
+    def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
+        """Closed form for the gates -- ``-Σ(γθ + log Z)``, the guide's entropy folded in --
+        plus the weight prior's log density at the sampled weights."""
+        total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
+        rest = []
+        for s in sites:
+            if s.role == "gate":
+                theta = values[probs_key(s.name)]
+                total = total - gate_cost(theta, self.gamma_of(s, ctx)).sum()
+            elif s.role != "gate_prob":
+                rest.append(s)
+        if rest:
+            total = total + self.weight_prior.log_prob(rest, values, ctx)
+        return total
+
+    # --- collapse and reports ---------------------------------------------------------
+    def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:
+        """The gate probabilities θ (per unit); keep where θ > 0.5 by default."""
+        gate = next(s for s in sites if s.role == "gate")
+        return point[probs_key(gate.name)]
+
+    def kept_fraction(self, net: Any, point: dict[str, Tensor]) -> float:
+        alive = total = 0
+        for sites in net.layer_sites.values():
+            th = self.scores(sites, point)
+            alive += int((th > self.default_threshold).sum())
+            total += th.numel()
+        return alive / max(total, 1)
+
+    def units_alive(self, net: Any, point: dict[str, Tensor]) -> dict[str, int]:
+        """Units with θ > 0 per layer (those not yet removable)."""
+        return {n: int((self.scores(s, point) > 0).sum()) for n, s in net.layer_sites.items()}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "gamma": self.gamma,
+            "cost": self.cost,
+            "weight_prior": self.weight_prior.config(),
+            "init_prob": self.init_prob,
+        }
