@@ -24,6 +24,16 @@ from torch.distributions import constraints
 from torch.distributions.constraints import Constraint
 
 
+def is_real(c: Constraint) -> bool:
+    """``c`` is the real line (by kind, so deep-copied constraints still match)."""
+    return type(c) is type(constraints.real)
+
+
+def is_positive(c: Constraint) -> bool:
+    """``c`` is ``(0, ∞)`` (by kind and bound, so deep-copied constraints still match)."""
+    return type(c) is type(constraints.positive) and float(c.lower_bound) == 0.0
+
+
 def join(layer: str, attr: str) -> str:
     """``"fc1", "weight" -> "fc1.weight"``; the root module (``""``) gives ``"weight"``."""
     return f"{layer}.{attr}" if layer else attr

@@ -29,7 +29,7 @@ from bayesprune.priors import HALO
 from bayesprune.zoo import build
 
 BUDGETS = (0.05, 0.02, 0.01)
-XIS = (3e-5, 5e-5)  # HALO strengths tried (psi = xi); one is chosen per budget on validation
+XIS = (1e-5, 3e-5, 5e-5)  # HALO strengths tried (psi = xi); one is chosen per budget on validation
 SCALE_LR = 1e-2  # learning rate of the shrinkage scales (weights use --lr)
 
 

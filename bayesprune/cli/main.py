@@ -25,6 +25,7 @@ from bayesprune.export.pruned_network import save_pruned
 from bayesprune.inference import CheckpointError, NonFiniteLossError, evaluate, fit, load_checkpoint
 from bayesprune.metrics import summarize
 from bayesprune.pruning import collapse, extract
+from bayesprune.pruning.live import replay_removals
 
 log = logging.getLogger("bayesprune")
 
@@ -140,9 +141,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     guide = spec.build_guide(net)
     ck = load_checkpoint(run.checkpoint)
     try:
+        replay_removals(net, guide, ck.get("removed") or {})  # fit(..., remove_dead=True)
         net.load_state_dict(ck["net"])
         guide.load_state_dict(ck["guide"])
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(
             f"{run.checkpoint} does not fit the spec in {run.spec}: {e}"
         ) from None
@@ -171,7 +173,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     layers = {
         name: {
             "kept": ks.n_kept,
-            "of": (ks.n_units if ks.units is not None else ks.weight_mask.numel()),
+            "of": (ks.weight_mask.numel() if ks.weight_mask is not None else ks.n_units),
         }
         for name, ks in keep.items()
     }

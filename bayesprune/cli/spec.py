@@ -58,6 +58,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "log_every": 50,
     "checkpoint_every": None,
     "device": None,
+    "remove_dead": False,
 }
 COLLAPSE_KEYS = ("keep", "threshold", "scope", "by")
 
@@ -178,6 +179,10 @@ class Spec:
                 raise SpecError(
                     f"{self.source}: [fit] {k} must be a positive integer, got {f[k]!r}"
                 )
+        if not isinstance(f["remove_dead"], bool):
+            raise SpecError(
+                f"{self.source}: [fit] remove_dead must be true or false, got {f['remove_dead']!r}"
+            )
         if not isinstance(f["lr"], (int, float)) or not f["lr"] > 0:
             raise SpecError(f"{self.source}: [fit] lr must be a number > 0, got {f['lr']!r}")
         _layers(self.prior.get("layers"), self.source)

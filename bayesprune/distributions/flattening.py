@@ -36,24 +36,32 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+_LARGE = 20.0  # above this γ, e^γ − 1 is formed in log space
+
 
 def _log1pexp_minus(gamma: Tensor, p: Tensor) -> Tensor:
-    """``log(1 + p (e^γ − 1)) = log(p e^γ + 1 − p)``, stable for large γ and p ∈ [0, 1]."""
-    return torch.logaddexp(gamma + torch.log(p), torch.log1p(-p))
+    """``log(1 + p (e^γ − 1)) = log(p e^γ + 1 − p)`` for p ∈ [0, 1]: ``log1p(p expm1(γ))``
+    (no cancellation for small γ) up to γ = 20, ``logaddexp`` (no overflow) above."""
+    moderate = torch.log1p(p * torch.expm1(gamma.clamp_max(_LARGE)))
+    large = torch.logaddexp(gamma + torch.log(p), torch.log1p(-p))
+    return torch.where(gamma <= _LARGE, moderate, large)
 
 
 def log_normalizer(gamma: Tensor) -> Tensor:
     """``log Z = log γ − log(e^γ − 1)``; ``γ → 0`` gives the uniform density (``Z = 1``)."""
-    g = gamma.clamp_min(1e-12)
-    # log(e^γ − 1) = γ + log(1 − e^−γ)
-    return torch.where(gamma > 1e-6, torch.log(g) - g - torch.log(-torch.expm1(-g)), -g / 2)
+    g = gamma.clamp_min(0.5)
+    # log(e^γ − 1) = γ + log(1 − e^−γ); below γ = 0.5 the series of log(γ / (e^γ − 1))
+    # (no cancellation between log γ and log(1 − e^−γ); truncation error < 1e-9)
+    series = -gamma / 2 - gamma**2 / 24 + gamma**4 / 2880 - gamma**6 / 181440
+    return torch.where(gamma >= 0.5, torch.log(g) - g - torch.log(-torch.expm1(-g)), series)
 
 
 def optimal_prior_prob(theta: Tensor, gamma: Tensor) -> Tensor:
     """``π*(θ) = θ / (1 + (e^γ − 1)(1 − θ))``, the prior probability that maximises
     ``−KL(Bern(θ) ‖ Bern(π)) + log p(π)``; computed stably for large γ."""
-    # divide numerator and denominator by e^γ
-    e = torch.exp(-gamma)
+    # divide numerator and denominator by e^γ; e^−γ floored at the smallest normal number so
+    # that θ = 1 still gives 1 (not 0/0) once e^−γ underflows (γ ≳ 88 in float32, 708 in float64)
+    e = torch.exp(-gamma).clamp_min(torch.finfo(gamma.dtype).tiny)
     return theta * e / (e + (1 - e) * (1 - theta))
 
 
@@ -94,9 +102,10 @@ class Flattening(TorchDistribution):
         return torch.where(self.gamma > 1e-6, _log1pexp_minus(g, value) / g, value)
 
     def icdf(self, u: Tensor) -> Tensor:
-        """``(e^{γu} − 1) / (e^γ − 1)``."""
+        """``(e^{γu} − 1) / (e^γ − 1) = e^{γ(u−1)} (1 − e^{−γu}) / (1 − e^{−γ})``; the second
+        form never overflows."""
         g = self.gamma.clamp_min(1e-12)
-        out = torch.exp(g * (u - 1)) * torch.expm1(g * u) / torch.expm1(g) * torch.exp(g * (1 - u))
+        out = torch.exp(g * (u - 1)) * torch.expm1(-g * u) / torch.expm1(-g)
         return torch.where(self.gamma > 1e-6, out, u)
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
@@ -106,10 +115,12 @@ class Flattening(TorchDistribution):
 
     @property
     def mean(self) -> Tensor:
-        # ∫ π/(1+cπ) dπ / Z = (1/c)(1 − log(1+c)/c) / Z with c = e^γ − 1
-        c = torch.expm1(self.gamma)
-        m = (1 / c) * (1 - self.gamma / c) / torch.exp(log_normalizer(self.gamma))
-        return torch.where(self.gamma > 1e-6, m, torch.full_like(m, 0.5))
+        # ∫ π/(1+cπ) dπ / Z = (1/c)(1 − γ/c) / Z with c = e^γ − 1 and Z = γ/c, i.e.
+        # 1/γ − 1/(e^γ − 1); for small γ its series 1/2 − γ/12 + γ³/720 − ... (no cancellation)
+        g = self.gamma
+        direct = 1 / g.clamp_min(0.5) - 1 / torch.expm1(g.clamp_min(0.5))
+        series = 0.5 - g / 12 + g**3 / 720 - g**5 / 30240 + g**7 / 1209600
+        return torch.where(g >= 0.5, direct, series)
 
 
 __all__ = ["Flattening", "gate_cost", "log_normalizer", "optimal_prior_prob"]

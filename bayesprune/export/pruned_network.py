@@ -1,10 +1,11 @@
 """Save and load extracted networks by architecture, not by pickle.
 
 The JSON beside the safetensors file records how to rebuild the network: the
-zoo config of the original network, the input shape, and the units each
-structured layer kept. Loading builds the original architecture, applies the
-same channel surgery (:func:`bayesprune.extract`) and then loads the weights, so
-no code is ever unpickled.
+zoo config of the original network, the input shape, the units each
+structured layer kept and the residual blocks replaced by their shortcuts
+(``"identity"``, from block gates). Loading builds the original architecture,
+applies the same surgery (:func:`bayesprune.extract`) and then loads the
+weights, so no code is ever unpickled.
 
 >>> import tempfile, torch
 >>> from bayesprune.zoo import build
@@ -42,7 +43,11 @@ def architecture(
         for name, ks in keep.items()
         if ks.units is not None
     }
-    return {"network": dict(network_config), "input_shape": list(input_shape), "units": units}
+    arch = {"network": dict(network_config), "input_shape": list(input_shape), "units": units}
+    identity = [name for name, ks in keep.items() if ks.identity]
+    if identity:
+        arch["identity"] = identity
+    return arch
 
 
 def build_pruned(arch: Mapping[str, Any]) -> nn.Module:
@@ -51,11 +56,16 @@ def build_pruned(arch: Mapping[str, Any]) -> nn.Module:
 
     module = from_config(dict(arch["network"]))
     units = arch.get("units") or {}
-    if units:
+    identity = arch.get("identity") or []
+    if not isinstance(identity, list) or not all(isinstance(n, str) for n in identity):
+        raise ValueError(f"'identity' must be a list of block names, got {identity!r}")
+    if units or identity:
         keep = {
             n: KeepSet(units=torch.tensor(u["kept"], dtype=torch.long), n_units=u["n_units"])
             for n, u in units.items()
         }
+        for n in identity:
+            keep[n] = KeepSet(identity=True, n_units=1)
         example = torch.zeros((1, *arch["input_shape"]))
         module = extract(module, keep, example_input=example)
     return module

@@ -36,6 +36,13 @@ from bayesprune.sites import Site
 GATE_ROLES = ("gate", "gate_prob")
 
 
+def _unit(theta: Tensor) -> Tensor:
+    """θ clipped into [0, 1] in value but with the identity gradient: a gate sitting at a
+    vertex must still feel the gradient that would move it off (projected gradient);
+    ``clamp`` alone would give it zero gradient there and freeze it."""
+    return theta + (theta.clamp(0.0, 1.0) - theta).detach()
+
+
 def key(site_name: str) -> str:
     """Parameter-dict key for a site name."""
     return site_name.replace(".", "/")
@@ -84,12 +91,12 @@ class Guide(nn.Module):
     def _optimal_prior_prob(self, site: Site) -> Tensor:
         theta = self.gate_theta(site)
         gamma = torch.tensor(site.meta["gamma"], device=theta.device, dtype=theta.dtype)
-        return optimal_prior_prob(theta.clamp(0.0, 1.0), gamma)
+        return optimal_prior_prob(_unit(theta), gamma)
 
     def site_distribution(self, site: Site) -> Distribution:
         """``q(site)`` as a Pyro distribution with ``event_shape == site.shape``."""
         if site.role == "gate":
-            return dist.Bernoulli(probs=self.gate_theta(site).clamp(0.0, 1.0)).to_event(1)
+            return dist.Bernoulli(probs=_unit(self.gate_theta(site))).to_event(1)
         if site.role == "gate_prob":  # the prior parameter at its optimum given θ
             return dist.Delta(self._optimal_prior_prob(site), event_dim=1)
         return self._distribution(site)
@@ -101,9 +108,9 @@ class Guide(nn.Module):
         their ``log q`` is folded into the prior's closed form (see
         :mod:`bayesprune.priors.gates`)."""
         if site.role == "gate":
-            theta = self.gate_theta(site).clamp(0.0, 1.0)
+            theta = _unit(self.gate_theta(site))
             hard = torch.bernoulli(theta.detach())
-            return hard + theta - theta.detach(), None
+            return hard + (theta - theta.detach()), None
         if site.role == "gate_prob":
             return self._optimal_prior_prob(site), None
         return self._rsample(site)
@@ -157,7 +164,7 @@ class Guide(nn.Module):
             v, lq = self.rsample_site(s)
             values[s.name] = v
             if s.role == "gate":
-                values[probs_key(s.name)] = self.gate_theta(s).clamp(0.0, 1.0)
+                values[probs_key(s.name)] = _unit(self.gate_theta(s))
             if lq is not None:
                 log_q = lq if log_q is None else log_q + lq
         if log_q is None:

@@ -22,11 +22,11 @@ import torch
 import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
-from torch.distributions import biject_to, constraints
+from torch.distributions import biject_to
 
 from bayesprune.guides.base import GATE_ROLES, Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
-from bayesprune.sites import Site
+from bayesprune.sites import Site, is_positive
 
 
 class MAP(Guide):
@@ -68,7 +68,7 @@ class MAP(Guide):
                 )
 
     def _projected(self, site: Site) -> bool:
-        return self.positive == "projected" and site.support is constraints.positive
+        return self.positive == "projected" and is_positive(site.support)
 
     def value(self, site: Site) -> Tensor:
         p = self.unconstrained[key(site.name)]
@@ -78,7 +78,7 @@ class MAP(Guide):
     def _project_(self) -> None:
         if self.positive == "projected":
             for s in self.sites:
-                if s.support is constraints.positive:
+                if is_positive(s.support):
                     self.unconstrained[key(s.name)].clamp_(min=self.min_positive)
 
     def config(self) -> dict[str, Any]:

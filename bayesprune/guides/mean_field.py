@@ -23,11 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pyro.distributions import Distribution
 from torch import Tensor
-from torch.distributions import biject_to, constraints
+from torch.distributions import biject_to
 
 from bayesprune.guides.base import GATE_ROLES, Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
-from bayesprune.sites import Site
+from bayesprune.sites import Site, is_positive, is_real
 
 
 def _inv_softplus(x: float) -> float:
@@ -79,9 +79,9 @@ class MeanField(Guide):
 
     def kind(self, site: Site) -> str:
         """``"normal"``, ``"lognormal"`` or ``"delta"``: the family used for ``site``."""
-        if site.support is constraints.real:
+        if is_real(site.support):
             return "normal"
-        if site.support is constraints.positive and self.scales == "lognormal":
+        if is_positive(site.support) and self.scales == "lognormal":
             return "lognormal"
         return "delta"
 

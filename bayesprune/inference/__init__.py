@@ -1,6 +1,6 @@
 """Inference: the SVI loop, ELBO estimators, checkpoints, evaluation."""
 
-from bayesprune.inference.callbacks import FitState
+from bayesprune.inference.callbacks import FitState, RemoveDeadUnits
 from bayesprune.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bayesprune.inference.evaluate import evaluate
 from bayesprune.inference.fit import NonFiniteLossError, fit
@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "FitResult",
     "FitState",
+    "RemoveDeadUnits",
     "FusedELBO",
     "NonFiniteLossError",
     "TraceELBO",

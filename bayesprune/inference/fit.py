@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from bayesprune.data.dataset import Dataset, Split
 from bayesprune.guides import default_guide
 from bayesprune.guides.base import Guide
-from bayesprune.inference.callbacks import FitState, call
+from bayesprune.inference.callbacks import FitState, RemoveDeadUnits, call
 from bayesprune.inference.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -40,6 +40,7 @@ from bayesprune.inference.losses import loss_from_name
 from bayesprune.inference.result import FitResult
 from bayesprune.inference.schedules import make_schedule
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.pruning.live import original_sites, removed_units, replay_removals
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ def _make_optimizer(
 
 
 def _signature(net: BayesianNet, guide: Guide) -> str:
+    """What a checkpoint must match: the sites as built (before any live removal of units,
+    which checkpoints record and replay), the prior and the guide."""
     return json.dumps(
         {
-            "sites": [[s.name, list(s.shape)] for s in net.sites],
+            "sites": [[s.name, list(s.shape)] for s in original_sites(net)],
             "prior": net.prior.config(),
             "guide": guide.config(),
         },
@@ -121,6 +124,7 @@ def fit(
     progress: bool = True,
     log_every: int = 50,
     validate: bool = True,
+    remove_dead: bool = False,
 ) -> FitResult:
     """Fit the posterior of ``net`` by stochastic variational inference.
 
@@ -146,6 +150,12 @@ def fit(
     :param progress: show a tqdm bar.
     :param log_every: steps between host syncs (ELBO trace, NaN guard, bar update).
     :param validate: score the ``val`` split after every epoch.
+    :param remove_dead: at the end of every epoch, physically remove the units whose gate
+        probability θ is exactly 0 (:class:`~bayesprune.inference.callbacks.RemoveDeadUnits`;
+        unit-gate priors only, a no-op for others), so later epochs run on a smaller
+        network; ``history[i]["units"]`` shows the units alive per layer and
+        ``history[i]["removed"]`` those removed. Checkpoints record the removals
+        (original indexing) and ``resume`` replays them on a freshly built net.
     :returns: :class:`~bayesprune.inference.FitResult`.
     :raises NonFiniteLossError: when the loss becomes NaN/Inf; the last checkpoint stays intact.
 
@@ -180,6 +190,9 @@ def fit(
         )
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs checkpoint=<folder>")
+    if not isinstance(remove_dead, bool):
+        raise ValueError(f"fit: remove_dead must be True or False, got {remove_dead!r}")
+    callbacks = [RemoveDeadUnits(), *callbacks] if remove_dead else list(callbacks)
 
     data = _as_dataset(data)
     _check_data(data)
@@ -313,7 +326,7 @@ def fit(
             point = guide.point()
             kept = net.prior.kept_fraction(net, point)
             if kept is not None:
-                record["kept"] = kept
+                record["kept"] = kept * _unit_share(net)
             units = getattr(net.prior, "units_alive", None)
             if units is not None:
                 record["units"] = units(net, point)
@@ -331,7 +344,17 @@ def fit(
     result.elbo, result.elbo_steps, result.history = state.elbo, state.elbo_steps, state.history
     result.guide = state.guide
     result.stopped_early = stopped
+    result.removed = removed_units(net)
     return result
+
+
+def _unit_share(net: BayesianNet) -> float:
+    """Gated units now / gated units as built: turns a gate prior's kept fraction of the
+    current network into one of the original network after live removal (removed units
+    were dead, so they count as not kept)."""
+    now = sum(s.numel for s in net.gates)
+    built = sum(s.numel for s in original_sites(net) if s.role == "gate")
+    return now / built if built and now != built else 1.0
 
 
 def _interactive() -> bool:
@@ -379,6 +402,8 @@ def _save(state: FitState, ckpt_dir: Path, signature: str, epoch_sum: Tensor | N
         "elbo": list(state.elbo),
         "elbo_steps": list(state.elbo_steps),
         "rng": torch.get_rng_state(),
+        # units removed during the fit: {layer: original indices of the units left}
+        "removed": removed_units(state.net),
         # mid-epoch: the loss summed so far, so the resumed epoch's mean counts every step
         "epoch_sum": None if epoch_sum is None else epoch_sum.detach().cpu(),
     }
@@ -400,6 +425,10 @@ def _restore(
             f"checkpoint {ckpt_dir} was written for a different model/prior/guide:\n"
             f"  checkpoint: {ck['signature']}\n  this fit:   {signature}"
         )
+    try:  # first cut the fresh net down to the checkpoint's shapes (a no-op if it is already)
+        replay_removals(state.net, state.guide, ck.get("removed") or {}, state.optimizer)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt_dir} does not fit this model: {e}") from None
     try:
         state.net.load_state_dict(ck["net"])
         state.guide.load_state_dict(ck["guide"])

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 
@@ -21,6 +23,9 @@ class FitResult:
     :ivar history: one dict per epoch: ``epoch``, ``loss`` (mean per-example -ELBO),
         ``seconds``, validation metrics, ``kept`` fraction and anything callbacks add.
     :ivar checkpoint: path of the last checkpoint written, if any.
+    :ivar stopped_early: a callback stopped the fit before ``epochs``.
+    :ivar removed: units removed during the fit (``fit(..., remove_dead=True)``): for each
+        layer that lost units, the original indices of the units it has left.
     """
 
     net: BayesianNet
@@ -30,6 +35,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
     stopped_early: bool = False
+    removed: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def epoch_seconds(self) -> list[float]:

@@ -191,6 +191,7 @@ def _gate_hook(gate: Tensor, dim: int):
 def _follow_batchnorm(module: nn.Module, targets: dict[str, str], x: Tensor) -> dict[str, str]:
     """Move each gate from its layer to a BatchNorm fed directly by that layer's output."""
     outputs: dict[int, str] = {}
+    alive: list[Tensor] = []  # recorded outputs stay alive: a freed tensor's id gets reused
     consumers: dict[str, str] = {}
     names = {m: n for n, m in module.named_modules()}
     handles = []
@@ -203,6 +204,7 @@ def _follow_batchnorm(module: nn.Module, targets: dict[str, str], x: Tensor) -> 
                 consumers[src] = name
         if isinstance(out, Tensor):
             outputs[id(out)] = name
+            alive.append(out)
 
     wanted = set(targets.values())
     for mod in module.modules():

@@ -23,25 +23,24 @@ def sparsify(
 ) -> BayesianNet:
     """Wrap ``module`` into a Pyro model with ``prior`` on the chosen layers.
 
-        The module is not copied: its tree and names survive inside ``.module``, and its
-        parameters not replaced by sample sites (biases, BatchNorm, ...) are trained in place.
+    The module is not copied: its tree and names survive inside ``.module``, and its
+    parameters not replaced by sample sites (biases, BatchNorm, ...) are trained in place.
 
-        :param module: an ordinary network.
-        :param prior: e.g. :class:`bayesprune.priors.HALO`.
-        :param layers: which modules get the prior: ``None`` (the prior's default types),
-            a type, a name or glob pattern, a list of those, or ``f(name, module) -> bool``.
-        :param likelihood: ``"categorical"`` (default), ``"gaussian"`` or a Likelihood.
-        :param example_input: one input batch, for priors that look at the whole network
-            (e.g. FLOPs-aware gate prices); default ``module.example_input()`` if it has one.
-        :raises TypeError: when ``module`` is not an ``nn.Module`` or a chosen layer is
-            of a type the prior cannot handle (the message names the layer).
+    :param module: an ordinary network.
+    :param prior: e.g. :class:`bayesprune.priors.HALO`.
+    :param layers: which modules get the prior: ``None`` (the prior's default types),
+        a type, a name or glob pattern, a list of those, or ``f(name, module) -> bool``.
+    :param likelihood: ``"categorical"`` (default), ``"gaussian"`` or a Likelihood.
+    :param example_input: one input batch, for priors that look at the whole network
+        (e.g. FLOPs-aware gate prices); default ``module.example_input()`` if it has one.
+    :raises TypeError: when ``module`` is not an ``nn.Module`` or a chosen layer is
+        of a type the prior cannot handle (the message names the layer).
 
-        >>> import torch.nn as nn
-    from torch import Tensor
-        >>> from bayesprune.priors import HALO
-        >>> net = sparsify(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), HALO(), layers="0")
-        >>> net.layer_names
-        ('0',)
+    >>> import torch.nn as nn
+    >>> from bayesprune.priors import HALO
+    >>> net = sparsify(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), HALO(), layers="0")
+    >>> net.layer_names
+    ('0',)
     """
     if isinstance(module, BayesianNet):
         raise TypeError("sparsify: this network is already a BayesianNet; pass its .module")

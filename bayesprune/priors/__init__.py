@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior
+from bayesprune.priors.block_gates import BlockGates
 from bayesprune.priors.gates import UnitGates
 from bayesprune.priors.gaussian import Gaussian
 from bayesprune.priors.halo import HALO
@@ -17,6 +18,7 @@ from bayesprune.priors.halo import HALO
 __all__ = [
     "DEFAULT_LAYER_TYPES",
     "HALO",
+    "BlockGates",
     "Gaussian",
     "Prior",
     "UnitGates",
@@ -24,7 +26,12 @@ __all__ = [
     "register",
 ]
 
-_REGISTRY: dict[str, type[Prior]] = {"halo": HALO, "gaussian": Gaussian, "gates": UnitGates}
+_REGISTRY: dict[str, type[Prior]] = {
+    "halo": HALO,
+    "gaussian": Gaussian,
+    "gates": UnitGates,
+    "block_gates": BlockGates,
+}
 
 
 def register(name: str, cls: type[Prior]) -> None:

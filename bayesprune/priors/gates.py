@@ -60,6 +60,15 @@ from bayesprune.sites import Context, Site, join
 COSTS = ("uniform", "flops", "params", "mixed")
 
 
+def gate_bernoulli(pi: Tensor) -> Distribution:
+    """``Bernoulli(π)`` over a layer's gates (one event), built from logits: ``probs=π``
+    would clamp π into [eps, 1 − eps], which makes ``log p(z = 1 | π*)`` wrong once
+    ``π* < eps`` (interior θ with γ ≳ 16 in float32)."""
+    fi = torch.finfo(pi.dtype)
+    pi = pi.clamp(fi.tiny, 1 - fi.eps / 2)
+    return dist.Bernoulli(logits=torch.log(pi) - torch.log1p(-pi)).to_event(1)
+
+
 def probs_key(site_name: str) -> str:
     """Key under which the fused path passes a Bernoulli site's probabilities θ."""
     return site_name + "#probs"
@@ -198,7 +207,7 @@ class UnitGates(Prior):
         if site.role == "gate_prob":
             return Flattening(self.gamma_of(site, ctx)).to_event(1)
         if site.role == "gate":
-            return dist.Bernoulli(probs=values[site.meta["prob"]]).to_event(1)
+            return gate_bernoulli(values[site.meta["prob"]])
         return self.weight_prior.distribution(site, values, ctx)
 
     def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:

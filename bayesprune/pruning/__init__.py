@@ -3,5 +3,15 @@
 from bayesprune.pruning.collapse import collapse, layer_scores
 from bayesprune.pruning.extract import extract, masked_copy
 from bayesprune.pruning.keepset import KeepSet
+from bayesprune.pruning.live import remove_units, removed_units, replay_removals
 
-__all__ = ["KeepSet", "collapse", "extract", "layer_scores", "masked_copy"]
+__all__ = [
+    "KeepSet",
+    "collapse",
+    "extract",
+    "layer_scores",
+    "masked_copy",
+    "remove_units",
+    "removed_units",
+    "replay_removals",
+]

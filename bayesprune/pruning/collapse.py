@@ -5,7 +5,9 @@ estimate (:meth:`~bayesprune.priors.Prior.scores`; e.g. ``|θ̂|`` for HALO);
 ``collapse`` then keeps either a fixed fraction of them -- globally across
 layers or within each layer -- or those above a threshold. A score shaped like
 the weight gives an unstructured mask; a score of shape ``(n_units,)`` gives
-kept units (structured).
+kept units (structured); the one score of a residual block (block gates, a
+layer without a weight) keeps the block whole or makes it its shortcut
+(``KeepSet(identity=True)``).
 
 >>> import torch, torch.nn as nn
 >>> from bayesprune import sparsify
@@ -22,8 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.blocks import block_spec
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.keepset import KeepSet
@@ -42,6 +46,18 @@ def _top_mask(scores: Tensor, k: int) -> Tensor:
     if k > 0:
         mask[torch.topk(scores.flatten(), k, sorted=False).indices] = True
     return mask.reshape(scores.shape)
+
+
+def _block_keep(name: str, layer: nn.Module, mask: Tensor) -> KeepSet:
+    """A gated layer without a weight is a residual block with one score (block gates):
+    kept whole, or replaced by its shortcut (``identity=True``)."""
+    if block_spec(layer) is None or mask.numel() != 1:
+        raise ValueError(
+            f"collapse: layer {name!r} ({type(layer).__name__}) has no weight, so its scores "
+            f"must be one score for a whole residual block; got shape {tuple(mask.shape)}"
+            + ("" if block_spec(layer) is not None else " for a module that is not a block")
+        )
+    return KeepSet(identity=not bool(mask.any()), n_units=1)
 
 
 def collapse(
@@ -110,7 +126,9 @@ def collapse(
             for s in net.layer_sites[name]
             if s.replaces is not None
         }
-        if mask.shape == layer.weight.shape:
+        if not isinstance(getattr(layer, "weight", None), Tensor):
+            result[name] = _block_keep(name, layer, mask)
+        elif mask.shape == layer.weight.shape:
             result[name] = KeepSet(weight_mask=mask.cpu(), values=values)
         elif mask.dim() == 1 and mask.numel() == layer.weight.shape[0]:
             if int(mask.sum()) < min_units:

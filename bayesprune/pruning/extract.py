@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch import Tensor
 
+from bayesprune.blocks import block_spec, to_shortcut
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.keepset import KeepSet
 
@@ -79,10 +80,12 @@ def _dropped(ks: KeepSet, n_out: int) -> list[int]:
     return [i for i in range(n_out) if i not in kept]
 
 
-def _dependency_graph(module: nn.Module, example_input: Tensor | None) -> tp.DependencyGraph:
+def _dependency_graph(
+    module: nn.Module, example_input: Tensor | None, who: str = "extract"
+) -> tp.DependencyGraph:
     if example_input is None:
         raise ValueError(
-            "extract: removing units needs an example input to trace the network; pass "
+            f"{who}: removing units needs an example input to trace the network; pass "
             "example_input= (a BayesianNet records one when it is fitted)"
         )
     was_training = module.training
@@ -97,7 +100,7 @@ def _dependency_graph(module: nn.Module, example_input: Tensor | None) -> tp.Dep
 
 
 def _plan(
-    module: nn.Module, dg: tp.DependencyGraph, keep: dict[str, KeepSet]
+    module: nn.Module, dg: tp.DependencyGraph, keep: dict[str, KeepSet], who: str = "extract"
 ) -> list[tuple[nn.Module, list[int]]]:
     """``(layer, channels to drop)`` per coupled component, in the layer's own indexing.
 
@@ -112,22 +115,22 @@ def _plan(
         layer = module.get_submodule(name)
         if layer not in dg.module2node:
             raise ValueError(
-                f"extract: cannot remove units of layer {name!r} ({type(layer).__name__}): it "
+                f"{who}: cannot remove units of layer {name!r} ({type(layer).__name__}): it "
                 "is not a layer of the network's traced forward pass on the example input"
             )
         pruner = dg.get_pruner_of_module(layer)
         n_out = dg.get_out_channels(layer) if pruner is not None else None
         if n_out is None:
             raise TypeError(
-                f"extract: cannot remove units of layer {name!r} ({type(layer).__name__})"
+                f"{who}: cannot remove units of layer {name!r} ({type(layer).__name__})"
             )
         if ks.n_units is not None and ks.n_units != n_out:
             raise ValueError(
-                f"extract: layer {name!r} has {n_out} units, its keep-set says {ks.n_units}"
+                f"{who}: layer {name!r} has {n_out} units, its keep-set says {ks.n_units}"
             )
         if ks.units.numel() and int(ks.units.max()) >= n_out:
             raise ValueError(
-                f"extract: layer {name!r} has {n_out} units, its keep-set keeps unit "
+                f"{who}: layer {name!r} has {n_out} units, its keep-set keeps unit "
                 f"{int(ks.units.max())}"
             )
         n_outs[name] = n_out
@@ -153,15 +156,19 @@ def _plan(
                     drop.discard(root)
             done.add(other)
         if len(drop) >= n_out:
-            raise ValueError(f"extract: the keep-set of layer {name!r} drops all {n_out} units")
+            raise ValueError(f"{who}: the keep-set of layer {name!r} drops all {n_out} units")
         if drop:
-            _check_grouped(dg, _group(dg, layer, sorted(drop)), name, name_of)
+            _check_grouped(dg, _group(dg, layer, sorted(drop)), name, name_of, who)
             plan.append((layer, sorted(drop)))
     return plan
 
 
 def _check_grouped(
-    dg: tp.DependencyGraph, group: tp.DependencyGroup, root: str, name_of: dict[nn.Module, str]
+    dg: tp.DependencyGraph,
+    group: tp.DependencyGroup,
+    root: str,
+    name_of: dict[nn.Module, str],
+    who: str = "extract",
 ) -> None:
     """Refuse channel surgery that torch-pruning would get wrong on grouped convolutions.
 
@@ -187,7 +194,7 @@ def _check_grouped(
         if not ok:
             side = "output units" if out else "input channels"
             raise ValueError(
-                f"extract: removing units of layer {root!r} removes {side} {idxs} of the "
+                f"{who}: removing units of layer {root!r} removes {side} {idxs} of the "
                 f"grouped convolution {name_of.get(m, type(m).__name__)!r} (groups={g}), which "
                 "cannot be sliced into equal groups; a grouped conv (other than depthwise) "
                 "needs the same number of units removed from every group (outputs) and the "
@@ -238,6 +245,63 @@ def _apply_values_and_masks(module: nn.Module, keep: dict[str, KeepSet]) -> None
             layer.weight.mul_(ks.weight_mask.to(layer.weight.device, layer.weight.dtype))
 
 
+@torch.no_grad()
+def _identity_blocks(
+    module: nn.Module, keep: dict[str, KeepSet], *, replace: bool = False, check_on: Any = None
+) -> dict[str, KeepSet]:
+    """Residual blocks whose keep-set says ``identity`` (block gates at 0): the branch's
+    last module is zeroed so the branch adds exactly 0 (the collapsed model), and with
+    ``replace`` the block is then swapped for its shortcut (:func:`bayesprune.blocks.to_shortcut`),
+    checked on ``check_on`` if given. Returns the keep-sets still to apply: those of
+    layers inside a removed branch are dropped (the shortcut keeps its names)."""
+    removed: dict[str, str] = {}  # block -> prefix of its shortcut
+    for name in sorted((n for n, k in keep.items() if k.identity), key=len):  # outer first
+        if any(_in_branch(name, b, short) for b, short in removed.items()):
+            continue
+        block = module.get_submodule(name)
+        spec = block_spec(block)
+        if spec is None or not name:
+            raise ValueError(
+                f"extract: keep[{name!r}] says identity, but {name!r} ({type(block).__name__}) is "
+                "not a residual block inside the network (see bayesprune.blocks)"
+            )
+        end = block.get_submodule(spec.branch_end)
+        if not isinstance(end, _ZEROABLE) or getattr(end, "weight", None) is None:
+            raise TypeError(
+                f"extract: cannot zero the branch end {name}.{spec.branch_end} "
+                f"({type(end).__name__}) of block {name!r}; supported: Linear, Conv, affine BatchNorm"
+            )
+        for t in (end.weight, end.bias):  # the branch's output is then exactly 0
+            if t is not None:
+                t.zero_()
+        removed[name] = f"{name}.{spec.shortcut}"
+    if not removed:
+        return keep
+    if replace:
+        before = _outputs(module, check_on) if check_on is not None else None
+        for name in removed:
+            parent, _, child = name.rpartition(".")
+            setattr(module.get_submodule(parent), child, to_shortcut(module.get_submodule(name)))
+        if before is not None:
+            for a, b in zip(before, _outputs(module, check_on), strict=True):
+                diff = float((a - b).abs().max())
+                if not diff <= 1e-4 * (1.0 + float(a.abs().max())):
+                    raise ValueError(
+                        f"extract: replacing blocks {list(removed)} by their shortcuts changes the "
+                        f"output by {diff:.3g}: a block's output with its branch at 0 is not "
+                        "relu(shortcut(x)); give its class an as_shortcut() method"
+                    )
+    return {
+        n: k
+        for n, k in keep.items()
+        if n not in removed and not any(_in_branch(n, b, s) for b, s in removed.items())
+    }
+
+
+def _in_branch(name: str, block: str, shortcut: str) -> bool:
+    return name.startswith(block + ".") and not (name + ".").startswith(shortcut + ".")
+
+
 def masked_copy(
     net: BayesianNet | nn.Module,
     keep: dict[str, KeepSet],
@@ -251,6 +315,7 @@ def masked_copy(
     module = copy.deepcopy(_plain(net))
     _check(module, keep)
     _apply_values_and_masks(module, keep)
+    keep = _identity_blocks(module, keep)
     if any(k.units is not None for k in keep.values()):
         dg = _dependency_graph(module, example_input)
         for layer, drop in _plan(module, dg, keep):
@@ -286,6 +351,7 @@ def extract(
     module = copy.deepcopy(_plain(net))
     _check(module, keep)
     _apply_values_and_masks(module, keep)
+    keep = _identity_blocks(module, keep, replace=True, check_on=example_input if check else None)
     if any(k.units is not None for k in keep.values()):
         dg = _dependency_graph(module, example_input)
         plan = _plan(module, dg, keep)

@@ -2,13 +2,16 @@
 
 A :class:`KeepSet` is the hand-off between *deciding* what to drop (priors,
 guides, baselines) and *doing* it (:func:`bayesprune.extract`). It can say
-three things about a layer, any combination of them:
+four things about a layer, any combination of them:
 
 - ``weight_mask``: an unstructured boolean mask over the layer's weight;
 - ``units``: the output units / filters kept (structured, physically removed);
 - ``values``: point estimates for the layer's parameters (e.g. the posterior
   median of the weight) to write into the extracted network; parameters not
-  named keep the module's own values.
+  named keep the module's own values;
+- ``identity``: for a residual block, that the whole block is removed and
+  replaced by its shortcut (block gates; ``n_units=1`` counts the block as one
+  element).
 
 >>> import torch
 >>> k = KeepSet(units=torch.tensor([0, 2]), n_units=3)
@@ -62,15 +65,22 @@ class KeepSet:
 
     @property
     def n_kept(self) -> int:
-        """Units kept (structured) or weights kept (unstructured)."""
+        """Units kept (structured) or weights kept (unstructured); for a whole block
+        (``identity`` and ``n_units`` only) 0 if it became its shortcut, else ``n_units``."""
         if self.units is not None:
             return int(self.units.numel())
         if self.weight_mask is not None:
             return int(self.weight_mask.sum())
+        if self.identity:
+            return 0
+        if self.n_units is not None:
+            return self.n_units
         raise ValueError("KeepSet has neither units nor weight_mask")
 
     @property
     def fraction_kept(self) -> float:
+        if self.units is None and self.weight_mask is None and (self.identity or self.n_units):
+            return self.n_kept / (self.n_units or 1)
         if self.units is not None:
             if self.n_units is None:
                 raise ValueError("KeepSet.n_units is needed for a fraction of units")

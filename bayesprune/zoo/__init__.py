@@ -1,4 +1,4 @@
-"""Networks by name: the LeNets, anything registered, and torchvision models as ``"tv:<name>"``.
+"""Networks by name: the LeNets, the CIFAR ResNets, anything registered, and torchvision models as ``"tv:<name>"``.
 
 Every network built here carries a JSON-able ``config`` dict with a ``"name"``
 key; :func:`from_config` rebuilds an untrained copy from it.
@@ -18,8 +18,17 @@ from typing import Any
 from torch import nn
 
 from bayesprune.zoo.lenet import LeNet5Caffe, LeNet300100
+from bayesprune.zoo.resnet_cifar import ResNetCIFAR, resnet20, resnet32, resnet44, resnet56
 
-__all__ = ["LeNet300100", "LeNet5Caffe", "REGISTRY", "build", "from_config", "register"]
+__all__ = [
+    "LeNet300100",
+    "LeNet5Caffe",
+    "REGISTRY",
+    "ResNetCIFAR",
+    "build",
+    "from_config",
+    "register",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +39,11 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "lenet300-100": LeNet300100,
     "lenet5": LeNet5Caffe,
     "lenet5-caffe": LeNet5Caffe,
+    "resnet-cifar": ResNetCIFAR,  # depth=20, 32, 44, 56, ...
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet44": resnet44,
+    "resnet56": resnet56,
 }
 
 
@@ -81,7 +95,8 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     """Build an untrained network by name.
 
     :param name: a key of :data:`REGISTRY` (``"lenet300"``, ``"lenet300-100"``,
-        ``"lenet5"``, ``"lenet5-caffe"``, or a registered name), or ``"tv:<name>"``
+        ``"lenet5"``, ``"lenet5-caffe"``, ``"resnet20"`` (32, 44, 56), ``"resnet-cifar"``
+        (with ``depth=``), or a registered name), or ``"tv:<name>"``
         for a torchvision model (built with ``weights=None``; nothing is downloaded).
     :param kwargs: constructor arguments (e.g. ``width=0.5``, or ``num_classes=10`` for torchvision).
     :returns: the network, with ``.config`` set so that ``from_config(net.config)`` rebuilds it.

@@ -1,0 +1,228 @@
+"""Bernoulli block gates: one gate per residual block (Guenter & Sideris' layer pruning).
+
+A residual block computes ``act(branch(x) + shortcut(x))``. Its gate
+``z_b ~ Bernoulli(π_b)`` multiplies the branch before the addition, with the
+flattening hyper-prior on ``π_b`` as for unit gates
+(:class:`~bayesprune.priors.UnitGates`)::
+
+    π_b ~ Flattening(γ_b)            site "<block>.gate_prob"   shape (1,)
+    z_b | π_b ~ Bernoulli(π_b)       site "<block>.gate"        shape (1,)
+
+so ``z_b = 0`` turns the block into ``act(shortcut(x))`` -- the identity (then
+ReLU) for most blocks, the 1×1 conv + BatchNorm path where the block changes
+shape. The gate multiplies the output of the branch's last module (its *branch
+end*, ``bn2`` of a basic block, ``bn3`` of a bottleneck; see
+:mod:`bayesprune.blocks`), so a closed gate removes the branch exactly and
+:func:`bayesprune.extract` replaces the block by its shortcut.
+
+Everything else is as for unit gates: the guide's ``q(z_b) = Bernoulli(θ_b)``
+with θ projected into [0, 1], the prior parameter at its optimum, and each gate
+costing exactly ``γ_b θ_b`` in the negative ELBO, so the fit drives θ to
+{0, 1}. The block's weights stay ordinary (deterministic) parameters.
+
+``cost="flops"`` / ``"params"`` / ``"mixed"`` prices each block by the MACs
+(:func:`bayesprune.metrics.count_flops`) or parameters of its branch --
+what removing it saves -- normalised so the mean price over the gated blocks
+is γ.
+
+>>> from bayesprune import sparsify
+>>> from bayesprune.zoo import build
+>>> net = sparsify(build("resnet20", width=0.25), BlockGates(gamma=50.0))
+>>> len(net.layer_names), net.layer_names[:2]
+(9, ('layer1.0', 'layer1.1'))
+>>> gate = net.site("layer1.0.gate")
+>>> gate.shape, gate.meta["target"]
+((1,), 'layer1.0.bn2')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from pyro.distributions import Distribution
+from torch import Tensor
+from torch.distributions import constraints
+
+from bayesprune.blocks import block_spec, block_types
+from bayesprune.distributions.flattening import Flattening, gate_cost, optimal_prior_prob
+from bayesprune.priors.base import Prior, check_positive
+from bayesprune.priors.gates import gate_bernoulli, probs_key
+from bayesprune.sites import Context, Site, join
+
+COSTS = ("uniform", "flops", "params", "mixed")
+
+
+class BlockGates(Prior):
+    """One Bernoulli gate per residual block, with the flattening hyper-prior.
+
+    :param gamma: price of keeping one block (the mean price with a complexity-aware
+        ``cost``); not scaled by the data-set size.
+    :param cost: ``"uniform"`` (γ for every block), ``"flops"`` (by the MACs of the
+        block's residual branch), ``"params"`` (by its parameters) or ``"mixed"`` (the
+        mean of the two).
+    :param init_prob: starting gate probability θ.
+    """
+
+    name = "block_gates"
+    default_threshold = 0.5
+
+    def __init__(self, gamma: float = 100.0, *, cost: str = "uniform", init_prob: float = 0.9):
+        if (
+            isinstance(gamma, bool)
+            or not isinstance(gamma, (int, float))
+            or not (0 <= gamma < float("inf"))
+        ):
+            raise ValueError(f"BlockGates: gamma must be a finite number >= 0, got {gamma!r}")
+        if cost not in COSTS:
+            raise ValueError(f"BlockGates: cost must be one of {COSTS}, got {cost!r}")
+        check_positive("BlockGates", init_prob=init_prob)
+        if init_prob > 1:
+            raise ValueError(f"BlockGates: init_prob must be in (0, 1], got {init_prob!r}")
+        self.gamma = float(gamma)
+        self.cost = cost
+        self.init_prob = float(init_prob)
+        self._prices: dict[str, float] = {}
+
+    # --- choosing blocks and prices ---------------------------------------------------
+    @property
+    def default_layer_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return block_types()
+
+    @property
+    def supported_layer_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return block_types()
+
+    def check_layer(self, name: str, layer: nn.Module) -> None:
+        if block_spec(layer) is None:
+            kinds = ", ".join(t.__name__ for t in block_types())
+            raise TypeError(
+                f"BlockGates cannot be put on layer {name!r} of type {type(layer).__name__}: "
+                f"not a residual block (supported: {kinds}, or any module whose class names "
+                "its branch end in a 'branch_end' attribute; see bayesprune.blocks)"
+            )
+
+    def bind(self, module: nn.Module, layer_names: list[str], example_input: Tensor | None) -> None:
+        self._prices = {}
+        if self.cost == "uniform" or not layer_names:
+            return
+        if example_input is None:
+            raise ValueError(
+                f"BlockGates(cost={self.cost!r}) needs an example input to count the FLOPs of "
+                "each block: pass sparsify(..., example_input=x) or use a zoo network"
+            )
+        from bayesprune.metrics import count_flops
+
+        macs = {row["name"]: row["macs"] for row in count_flops(module, example_input)["layers"]}
+        flops: dict[str, float] = {}
+        params: dict[str, float] = {}
+        for name in layer_names:
+            block = module.get_submodule(name)
+            spec = block_spec(block)
+            short = f"{spec.shortcut}." if spec is not None else None
+            branch = [
+                (n, m)
+                for n, m in block.named_modules()
+                if n and not (short and (n + ".").startswith(short))
+            ]
+            flops[name] = float(sum(macs.get(join(name, n), 0) for n, _ in branch))
+            params[name] = float(
+                sum(p.numel() for _, m in branch for p in m.parameters(recurse=False))
+            )
+
+        def normalised(c: dict[str, float]) -> dict[str, float]:
+            mean = sum(c.values()) / len(c)
+            return {n: v / mean if mean > 0 else 1.0 for n, v in c.items()}
+
+        f, p = normalised(flops), normalised(params)
+        per = {"flops": f, "params": p, "mixed": {n: 0.5 * (f[n] + p[n]) for n in f}}[self.cost]
+        self._prices = {n: self.gamma * v for n, v in per.items()}
+
+    def price(self, name: str) -> float:
+        """γ_b of the block ``name``."""
+        return self._prices.get(name, self.gamma)
+
+    # --- sites ------------------------------------------------------------------------
+    def layer_sites(self, name: str, layer: nn.Module) -> list[Site]:
+        self.check_layer(name, layer)
+        spec = block_spec(layer)
+        gammas = (float(self.price(name)),)
+        gate, prob = join(name, "gate"), join(name, "gate_prob")
+        return [
+            Site(
+                prob,
+                name,
+                "gate_prob",
+                (1,),
+                constraints.unit_interval,
+                info=(("gamma", gammas), ("gate", gate)),
+            ),
+            Site(
+                gate,
+                name,
+                "gate",
+                (1,),
+                constraints.boolean,
+                info=(
+                    ("gamma", gammas),
+                    ("target", join(name, spec.branch_end)),
+                    ("dim", 1),
+                    ("prob", prob),
+                    ("block", True),
+                ),
+            ),
+        ]
+
+    def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
+        dtype = next((p.dtype for p in layer.parameters()), torch.get_default_dtype())
+        theta = torch.full(site.shape, self.init_prob, dtype=dtype)
+        if site.role == "gate":
+            return theta
+        if site.role == "gate_prob":
+            return optimal_prior_prob(theta, torch.tensor(site.meta["gamma"], dtype=dtype))
+        raise ValueError(f"BlockGates: no site of role {site.role!r} ({site.name})")
+
+    def _gamma(self, site: Site, ctx: Context) -> Tensor:
+        return torch.tensor(site.meta["gamma"], device=ctx.device, dtype=ctx.dtype)
+
+    def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
+        if site.role == "gate_prob":
+            return Flattening(self._gamma(site, ctx)).to_event(1)
+        if site.role == "gate":
+            return gate_bernoulli(values[site.meta["prob"]])
+        raise ValueError(f"BlockGates: no site of role {site.role!r} ({site.name})")
+
+    def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
+        """Closed form ``-Σ(γθ + log Z)`` (the guide's entropy folded in, as for unit gates)."""
+        total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
+        for s in sites:
+            if s.role == "gate":
+                total = total - gate_cost(values[probs_key(s.name)], self._gamma(s, ctx)).sum()
+        return total
+
+    # --- collapse and reports ---------------------------------------------------------
+    def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:
+        """The block's gate probability θ, shape ``(1,)``: the block is kept where θ > 0.5
+        by default, else it becomes its shortcut (``KeepSet(identity=True)``)."""
+        gate = next(s for s in sites if s.role == "gate")
+        return point[probs_key(gate.name)]
+
+    def kept_fraction(self, net: Any, point: dict[str, Tensor]) -> float:
+        """Fraction of gated blocks with θ > 0.5."""
+        kept = [
+            bool(self.scores(s, point) > self.default_threshold) for s in net.layer_sites.values()
+        ]
+        return sum(kept) / max(len(kept), 1)
+
+    def units_alive(self, net: Any, point: dict[str, Tensor]) -> dict[str, int]:
+        """1 for every block whose θ > 0 (not yet removable), else 0."""
+        return {n: int(bool(self.scores(s, point) > 0)) for n, s in net.layer_sites.items()}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "gamma": self.gamma,
+            "cost": self.cost,
+            "init_prob": self.init_prob,
+        }
