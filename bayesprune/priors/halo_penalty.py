@@ -22,32 +22,31 @@ from torch import Tensor
 class _HaloPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta: Tensor, lam: Tensor, xi: float, psi: float) -> Tensor:
-        inv2 = lam.reciprocal().square_()  # λ^-2, broadcastable to θ
+        inv2 = lam.reciprocal().square_()  # λ^-2, θ's shape or (units, 1, ...)
         a = theta.abs()
-        if inv2.shape == a.shape:
+        per_weight = inv2.shape == a.shape
+        if per_weight:
             shrink = torch.dot(a.flatten(), inv2.flatten())
-        else:  # per-unit scales: λ has shape (units, 1, ...)
-            shrink = (a.flatten(1).sum(1) * inv2.flatten()).sum()
-        ctx.save_for_backward(theta, lam, inv2)
+            ctx.save_for_backward(theta, lam, inv2, a)
+        else:  # per-unit scales: only the row sums of |θ| are needed for dλ
+            rows = a.flatten(1).sum(1)
+            shrink = torch.dot(rows, inv2.flatten())
+            ctx.save_for_backward(theta, lam, inv2, rows)
         ctx.xi, ctx.psi = xi, psi
         return shrink * xi + lam.sum() * psi
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        theta, lam, inv2 = ctx.saved_tensors
+        theta, lam, inv2, a = ctx.saved_tensors
         xi, psi = ctx.xi, ctx.psi
         d_theta = d_lam = None
         if ctx.needs_input_grad[0]:
-            d_theta = torch.copysign(inv2.expand_as(theta), theta).mul_(g * xi)
-            d_theta.masked_fill_(theta == 0, 0.0)
+            # ξ g sgn(θ) / λ²  (sgn(0) = 0, the subgradient autograd's abs uses)
+            d_theta = torch.sgn(theta).mul_(inv2 * (g * xi))
         if ctx.needs_input_grad[1]:
-            # d/dλ [ξ|θ|/λ²] = -2ξ|θ|/λ³
-            a = theta.abs()
-            if inv2.shape == a.shape:
-                d_lam = (a * inv2).div_(lam).mul_(-2.0 * xi)
-            else:
-                d_lam = (a.flatten(1).sum(1).reshape(lam.shape) * inv2).div_(lam).mul_(-2.0 * xi)
-            d_lam.add_(psi).mul_(g)
+            # d/dλ [ξ|θ|/λ² + ψλ] = ψ - 2ξ|θ|/λ³
+            a = a if inv2.shape == theta.shape else a.reshape(lam.shape)
+            d_lam = torch.addcmul(psi * g, a, inv2 / lam, value=-2.0 * xi * g)
         return d_theta, d_lam, None, None
 
 
