@@ -309,7 +309,7 @@ def fit(
                     _guard(mean, state, ckpt_dir)
                     state.elbo.append(mean)
                     state.elbo_steps.append(state.global_step)
-                    bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
+                    bar.set_postfix(_postfix(mean, state.history), refresh=False)
                     window = torch.zeros((), device=dev)
                     in_window = 0
                 if save_now:  # the window was just checked finite
@@ -355,6 +355,21 @@ def _unit_share(net: BayesianNet) -> float:
     now = sum(s.numel for s in net.gates)
     built = sum(s.numel for s in original_sites(net) if s.role == "gate")
     return now / built if built and now != built else 1.0
+
+
+def _postfix(loss: float, history: list[dict[str, Any]]) -> dict[str, str]:
+    """The bar's live figures: the ELBO window, and the last epoch's validation accuracy,
+    kept fraction and units alive."""
+    out = {"-elbo/n": f"{loss:.4g}"}
+    if history:
+        last = history[-1]
+        if "val_accuracy" in last:
+            out["val"] = f"{100 * last['val_accuracy']:.1f}%"
+        if "kept" in last:
+            out["kept"] = f"{100 * last['kept']:.1f}%"
+        if "units" in last:
+            out["units"] = "-".join(str(v) for v in last["units"].values())
+    return out
 
 
 def _interactive() -> bool:
