@@ -47,8 +47,8 @@ from torch.distributions import constraints
 
 from bayesprune.blocks import block_spec, block_types
 from bayesprune.distributions.flattening import Flattening, gate_cost, optimal_prior_prob
-from bayesprune.priors.base import Prior, check_positive
-from bayesprune.priors.gates import gate_bernoulli, probs_key
+from bayesprune.priors.base import Prior
+from bayesprune.priors.gates import check_gate_args, gate_bernoulli, probs_key
 from bayesprune.sites import Context, Site, join
 
 COSTS = ("uniform", "flops", "params", "mixed")
@@ -69,17 +69,7 @@ class BlockGates(Prior):
     default_threshold = 0.5
 
     def __init__(self, gamma: float = 100.0, *, cost: str = "uniform", init_prob: float = 0.9):
-        if (
-            isinstance(gamma, bool)
-            or not isinstance(gamma, (int, float))
-            or not (0 <= gamma < float("inf"))
-        ):
-            raise ValueError(f"BlockGates: gamma must be a finite number >= 0, got {gamma!r}")
-        if cost not in COSTS:
-            raise ValueError(f"BlockGates: cost must be one of {COSTS}, got {cost!r}")
-        check_positive("BlockGates", init_prob=init_prob)
-        if init_prob > 1:
-            raise ValueError(f"BlockGates: init_prob must be in (0, 1], got {init_prob!r}")
+        check_gate_args("BlockGates", gamma, cost, init_prob)
         self.gamma = float(gamma)
         self.cost = cost
         self.init_prob = float(init_prob)

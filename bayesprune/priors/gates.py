@@ -60,6 +60,21 @@ from bayesprune.sites import Context, Site, join
 COSTS = ("uniform", "flops", "params", "mixed")
 
 
+def check_gate_args(owner: str, gamma: float, cost: str, init_prob: float) -> None:
+    """Validate the hyper-parameters every gate prior shares; errors name ``owner``."""
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, (int, float))
+        or not (0 <= gamma < float("inf"))
+    ):
+        raise ValueError(f"{owner}: gamma must be a finite number >= 0, got {gamma!r}")
+    if cost not in COSTS:
+        raise ValueError(f"{owner}: cost must be one of {COSTS}, got {cost!r}")
+    check_positive(owner, init_prob=init_prob)
+    if init_prob > 1:
+        raise ValueError(f"{owner}: init_prob must be in (0, 1], got {init_prob!r}")
+
+
 def gate_bernoulli(pi: Tensor) -> Distribution:
     """``Bernoulli(π)`` over a layer's gates (one event), built from logits: ``probs=π``
     would clamp π into [eps, 1 − eps], which makes ``log p(z = 1 | π*)`` wrong once
@@ -97,17 +112,7 @@ class UnitGates(Prior):
         weight_prior: Prior | dict[str, Any] | None = None,
         init_prob: float = 0.9,
     ) -> None:
-        if (
-            isinstance(gamma, bool)
-            or not isinstance(gamma, (int, float))
-            or not (0 <= gamma < float("inf"))
-        ):
-            raise ValueError(f"UnitGates: gamma must be a finite number >= 0, got {gamma!r}")
-        if cost not in COSTS:
-            raise ValueError(f"UnitGates: cost must be one of {COSTS}, got {cost!r}")
-        check_positive("UnitGates", init_prob=init_prob)
-        if init_prob > 1:
-            raise ValueError(f"UnitGates: init_prob must be in (0, 1], got {init_prob!r}")
+        check_gate_args("UnitGates", gamma, cost, init_prob)
         if isinstance(weight_prior, dict):
             from bayesprune.priors import from_config
 

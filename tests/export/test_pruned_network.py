@@ -12,17 +12,6 @@ from bayesprune.export.pruned_network import architecture, build_pruned, load_pr
 from bayesprune.pruning import KeepSet, extract
 from bayesprune.zoo import build
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny ops: with 2 intra-op threads per xdist worker on a busy 2-core machine,
-    every op waits on a descheduled thread (measured 20x slower). One thread each."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # (network name, build kwargs, structured layers, all layers)
 NETS = [
     ("lenet300", {}, ["fc1", "fc2"], ["fc1", "fc2", "fc3"]),

@@ -25,17 +25,6 @@ from bayesprune.priors import HALO
 from bayesprune.pruning import KeepSet, extract, masked_copy
 from bayesprune.zoo import build
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny ops: with 2 intra-op threads per xdist worker on a busy 2-core machine,
-    every op waits on a descheduled thread (measured 20x slower). One thread each."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- helpers -------------------------------------------------------------------------------
 
 
