@@ -168,13 +168,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     acc_collapsed_point = evaluate(net, guide, test)["accuracy"]
     example = data.train.x[:1]
     measure = not args.no_latency
-    before = summarize_point(net, guide, example, measure)
+    # "before" is the network as the spec builds it: the same architecture the fit started
+    # from, even when units were removed during training (remove_dead)
+    original = spec.build_network().eval()
+    before = summarize(original, example, measure=measure)
     after = summarize(small, example, measure=measure)
     layers = {
-        name: {
-            "kept": ks.n_kept,
-            "of": (ks.weight_mask.numel() if ks.weight_mask is not None else ks.n_units),
-        }
+        name: {"kept": ks.n_kept, "of": _original_size(original, name, ks)}
         for name, ks in keep.items()
     }
     weights_total = sum(v["of"] for v in layers.values())
@@ -223,13 +223,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarize_point(net, guide, example, measure: bool) -> dict[str, Any]:
-    """Metrics of the dense network at the posterior point (before pruning)."""
-    dense = extract(net, {})
-    for s in net.replacing:
-        name, _, attr = s.replaces.rpartition(".")
-        getattr(dense.get_submodule(name), attr).data.copy_(guide.point()[s.name])
-    return summarize(dense.eval(), example, measure=measure)
+def _original_size(original: torch.nn.Module, name: str, ks: Any) -> int:
+    """How many prunable elements layer ``name`` had before any pruning."""
+    if ks.weight_mask is not None:
+        return ks.weight_mask.numel()
+    weight = getattr(original.get_submodule(name), "weight", None)
+    if ks.units is not None and isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    return int(ks.n_units or 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
