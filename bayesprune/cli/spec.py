@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from bayesprune.data import Dataset, get_dataset
@@ -217,10 +218,14 @@ class Spec:
             raise SpecError(f"{self.source}: [prior] {e}") from None
 
     def build_network(self) -> nn.Module:
+        """The network with its initial weights drawn from ``[fit] seed`` (the global RNG
+        is left as it was): the same spec always starts from the same weights."""
         cfg = dict(self.network)
         name = cfg.pop("name")
         try:
-            return build_network(name, **cfg)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.fit["seed"]))
+                return build_network(name, **cfg)
         except (TypeError, ValueError) as e:
             raise SpecError(f"{self.source}: [network] {e}") from None
 

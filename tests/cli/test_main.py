@@ -265,3 +265,22 @@ def test_console_script_points_at_main():
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
     assert scripts["bayesprune"] == "bayesprune.cli.main:main"
+
+
+def test_the_spec_seed_fixes_the_initial_weights(tmp_path):
+    """Same spec, same seed: the same starting network whatever the global RNG did."""
+    import tomllib
+
+    from bayesprune.cli.spec import Spec
+
+    spec = Spec.from_dict(tomllib.loads(SPEC))
+    first = spec.build_network().state_dict()
+    torch.randn(1000)
+    second = spec.build_network().state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    spec.fit["seed"] = 1
+    other = spec.build_network().state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    state = torch.get_rng_state()
+    spec.build_network()
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
