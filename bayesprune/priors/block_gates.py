@@ -46,15 +46,14 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from bayesprune.blocks import block_spec, block_types
-from bayesprune.distributions.flattening import Flattening, gate_cost, optimal_prior_prob
 from bayesprune.priors.base import Prior
-from bayesprune.priors.gates import check_gate_args, gate_bernoulli, probs_key
+from bayesprune.priors.gates import GateSitesMixin, check_gate_args, probs_key
 from bayesprune.sites import Context, Site, join
 
 COSTS = ("uniform", "flops", "params", "mixed")
 
 
-class BlockGates(Prior):
+class BlockGates(GateSitesMixin, Prior):
     """One Bernoulli gate per residual block, with the flattening hyper-prior.
 
     :param gamma: price of keeping one block (the mean price with a complexity-aware
@@ -166,30 +165,14 @@ class BlockGates(Prior):
 
     def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
         dtype = next((p.dtype for p in layer.parameters()), torch.get_default_dtype())
-        theta = torch.full(site.shape, self.init_prob, dtype=dtype)
-        if site.role == "gate":
-            return theta
-        if site.role == "gate_prob":
-            return optimal_prior_prob(theta, torch.tensor(site.meta["gamma"], dtype=dtype))
-        raise ValueError(f"BlockGates: no site of role {site.role!r} ({site.name})")
-
-    def _gamma(self, site: Site, ctx: Context) -> Tensor:
-        return torch.tensor(site.meta["gamma"], device=ctx.device, dtype=ctx.dtype)
+        return self.gate_initial_value(site, dtype)
 
     def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
-        if site.role == "gate_prob":
-            return Flattening(self._gamma(site, ctx)).to_event(1)
-        if site.role == "gate":
-            return gate_bernoulli(values[site.meta["prob"]])
-        raise ValueError(f"BlockGates: no site of role {site.role!r} ({site.name})")
+        return self.gate_distribution(site, values, ctx)
 
     def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
         """Closed form ``-Σ(γθ + log Z)`` (the guide's entropy folded in, as for unit gates)."""
-        total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
-        for s in sites:
-            if s.role == "gate":
-                total = total - gate_cost(values[probs_key(s.name)], self._gamma(s, ctx)).sum()
-        return total
+        return self.gates_log_prob(sites, values, ctx)
 
     # --- collapse and reports ---------------------------------------------------------
     def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:

@@ -52,7 +52,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import constraints
 
-from bayesprune.distributions.flattening import Flattening, gate_cost
+from bayesprune.distributions.flattening import Flattening, gate_cost, optimal_prior_prob
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior, check_positive
 from bayesprune.priors.gaussian import Gaussian
 from bayesprune.sites import Context, Site, join
@@ -89,7 +89,40 @@ def probs_key(site_name: str) -> str:
     return site_name + "#probs"
 
 
-class UnitGates(Prior):
+class GateSitesMixin:
+    """What every gate prior shares: the prices γ stored on the sites, the hyper-prior and
+    Bernoulli of the ``gate_prob``/``gate`` sites, their starting values, and the closed
+    form of their part of the ELBO. Used by :class:`UnitGates` and ``BlockGates``."""
+
+    init_prob: float
+
+    def gamma_of(self, site: Site, ctx: Context) -> Tensor:
+        return torch.tensor(site.meta["gamma"], device=ctx.device, dtype=ctx.dtype)
+
+    def gate_initial_value(self, site: Site, dtype: torch.dtype) -> Tensor:
+        """θ₀ for a gate, and π*(θ₀) for its prior probability."""
+        theta = torch.full(site.shape, self.init_prob, dtype=dtype)
+        if site.role == "gate":
+            return theta
+        return optimal_prior_prob(theta, torch.tensor(site.meta["gamma"], dtype=dtype))
+
+    def gate_distribution(
+        self, site: Site, values: dict[str, Tensor], ctx: Context
+    ) -> Distribution:
+        if site.role == "gate_prob":
+            return Flattening(self.gamma_of(site, ctx)).to_event(1)
+        return gate_bernoulli(values[site.meta["prob"]])
+
+    def gates_log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
+        """``-Σ(γθ + log Z)`` over the gate sites: the guide's entropy folded in."""
+        total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
+        for s in sites:
+            if s.role == "gate":
+                total = total - gate_cost(values[probs_key(s.name)], self.gamma_of(s, ctx)).sum()
+        return total
+
+
+class UnitGates(GateSitesMixin, Prior):
     """Bernoulli gates on output units / filters with the flattening hyper-prior.
 
     :param gamma: price of keeping one unit (mean price with a complexity-aware ``cost``);
@@ -196,36 +229,20 @@ class UnitGates(Prior):
         return site.role in ("gate", "gate_prob")
 
     def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
-        if site.role == "gate":
-            return torch.full(site.shape, self.init_prob, dtype=layer.weight.dtype)
-        if site.role == "gate_prob":
-            g = torch.tensor(site.meta["gamma"], dtype=layer.weight.dtype)
-            from bayesprune.distributions.flattening import optimal_prior_prob
-
-            return optimal_prior_prob(torch.full(site.shape, self.init_prob, dtype=g.dtype), g)
+        if site.role in ("gate", "gate_prob"):
+            return self.gate_initial_value(site, layer.weight.dtype)
         return self.weight_prior.initial_value(site, layer)
 
-    def gamma_of(self, site: Site, ctx: Context) -> Tensor:
-        return torch.tensor(site.meta["gamma"], device=ctx.device, dtype=ctx.dtype)
-
     def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
-        if site.role == "gate_prob":
-            return Flattening(self.gamma_of(site, ctx)).to_event(1)
-        if site.role == "gate":
-            return gate_bernoulli(values[site.meta["prob"]])
+        if site.role in ("gate", "gate_prob"):
+            return self.gate_distribution(site, values, ctx)
         return self.weight_prior.distribution(site, values, ctx)
 
     def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
         """Closed form for the gates -- ``-Σ(γθ + log Z)``, the guide's entropy folded in --
         plus the weight prior's log density at the sampled weights."""
-        total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
-        rest = []
-        for s in sites:
-            if s.role == "gate":
-                theta = values[probs_key(s.name)]
-                total = total - gate_cost(theta, self.gamma_of(s, ctx)).sum()
-            elif s.role != "gate_prob":
-                rest.append(s)
+        total = self.gates_log_prob(sites, values, ctx)
+        rest = [s for s in sites if s.role not in ("gate", "gate_prob")]
         if rest:
             total = total + self.weight_prior.log_prob(rest, values, ctx)
         return total
