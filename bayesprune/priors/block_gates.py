@@ -43,7 +43,6 @@ import torch
 import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
-from torch.distributions import constraints
 
 from bayesprune.blocks import block_spec, block_types
 from bayesprune.priors.base import Prior
@@ -137,31 +136,9 @@ class BlockGates(GateSitesMixin, Prior):
         self.check_layer(name, layer)
         spec = block_spec(layer)
         gammas = (float(self.price(name)),)
-        gate, prob = join(name, "gate"), join(name, "gate_prob")
-        return [
-            Site(
-                prob,
-                name,
-                "gate_prob",
-                (1,),
-                constraints.unit_interval,
-                info=(("gamma", gammas), ("gate", gate)),
-            ),
-            Site(
-                gate,
-                name,
-                "gate",
-                (1,),
-                constraints.boolean,
-                info=(
-                    ("gamma", gammas),
-                    ("target", join(name, spec.branch_end)),
-                    ("dim", 1),
-                    ("prob", prob),
-                    ("block", True),
-                ),
-            ),
-        ]
+        return self.gate_sites(
+            name, (1,), gammas, target=join(name, spec.branch_end), dim=1, extra=(("block", True),)
+        )
 
     def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
         dtype = next((p.dtype for p in layer.parameters()), torch.get_default_dtype())

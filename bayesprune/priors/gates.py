@@ -96,6 +96,37 @@ class GateSitesMixin:
 
     init_prob: float
 
+    def gate_sites(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        gammas: tuple[float, ...],
+        *,
+        target: str,
+        dim: int,
+        extra: tuple[tuple[str, Any], ...] = (),
+    ) -> list[Site]:
+        """The ``<name>.gate_prob`` and ``<name>.gate`` sites of one gated layer or block."""
+        gate, prob = join(name, "gate"), join(name, "gate_prob")
+        return [
+            Site(
+                prob,
+                name,
+                "gate_prob",
+                shape,
+                constraints.unit_interval,
+                info=(("gamma", gammas), ("gate", gate)),
+            ),
+            Site(
+                gate,
+                name,
+                "gate",
+                shape,
+                constraints.boolean,
+                info=(("gamma", gammas), ("target", target), ("dim", dim), ("prob", prob), *extra),
+            ),
+        ]
+
     def gamma_of(self, site: Site, ctx: Context) -> Tensor:
         return torch.tensor(site.meta["gamma"], device=ctx.device, dtype=ctx.dtype)
 
@@ -199,29 +230,8 @@ class UnitGates(GateSitesMixin, Prior):
         units = int(layer.weight.shape[0])
         gammas = tuple(float(g) for g in self.prices(name, units))
         dim = -1 if isinstance(layer, nn.Linear) else 1
-        gate = join(name, "gate")
         return [
-            Site(
-                join(name, "gate_prob"),
-                name,
-                "gate_prob",
-                (units,),
-                constraints.unit_interval,
-                info=(("gamma", gammas), ("gate", gate)),
-            ),
-            Site(
-                gate,
-                name,
-                "gate",
-                (units,),
-                constraints.boolean,
-                info=(
-                    ("gamma", gammas),
-                    ("target", name),
-                    ("dim", dim),
-                    ("prob", join(name, "gate_prob")),
-                ),
-            ),
+            *self.gate_sites(name, (units,), gammas, target=name, dim=dim),
             *self.weight_prior.layer_sites(name, layer),
         ]
 
