@@ -19,6 +19,7 @@ describe the other sites through ``_distribution`` / ``_rsample`` / ``_point``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import pyro
@@ -48,7 +49,7 @@ def key(site_name: str) -> str:
     return site_name.replace(".", "/")
 
 
-class Guide(nn.Module):
+class Guide(nn.Module, ABC):
     """Base class of guides over the sites of a :class:`BayesianNet`."""
 
     name = "guide"
@@ -68,16 +69,18 @@ class Guide(nn.Module):
                 self.gate_probs[key(s.name)] = nn.Parameter(net.initial_value(s).detach().clone())
 
     # --- to implement for the non-gate sites ------------------------------------------
+    @abstractmethod
     def _distribution(self, site: Site) -> Distribution:
-        raise NotImplementedError(f"{type(self).__name__}._distribution")
+        """``q(site)`` for a non-gate site, with ``event_shape == site.shape``."""
 
     def _rsample(self, site: Site) -> tuple[Tensor, Tensor | None]:
         d = self._distribution(site)
         v = d.rsample()
         return v, d.log_prob(v)
 
+    @abstractmethod
     def _point(self, site: Site) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__}._point")
+        """The median of ``q(site)`` for a non-gate site."""
 
     def _project_(self) -> None:
         """Subclass part of :meth:`project_`."""

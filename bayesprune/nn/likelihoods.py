@@ -14,6 +14,7 @@ for the fused loss.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import pyro
@@ -32,13 +33,14 @@ def check_batch(batch: int, n_data: int) -> None:
         )
 
 
-class Likelihood:
+class Likelihood(ABC):
     """Base class: ``observe`` for the Pyro model, ``log_prob`` for the fused loss."""
 
     name = "likelihood"
 
+    @abstractmethod
     def distribution(self, output: Tensor) -> dist.Distribution:
-        raise NotImplementedError(f"{type(self).__name__}.distribution")
+        """``p(y | output)`` for a mini-batch of network outputs."""
 
     def log_prob(self, output: Tensor, y: Tensor) -> Tensor:
         """``Σ_i log p(y_i | output_i)`` over the mini-batch (not scaled)."""
@@ -52,7 +54,7 @@ class Likelihood:
         with pyro.plate("data", size=int(n_data), subsample=idx):
             return pyro.sample("obs", self.distribution(output), obs=y)
 
-    def check_targets(self, y: Tensor, output_dim: int | None = None) -> None:
+    def check_targets(self, y: Tensor, output_dim: int | None = None) -> None:  # noqa: B027 (optional hook)
         """Raise ``ValueError`` for targets this likelihood cannot explain."""
 
     def config(self) -> dict[str, Any]:
@@ -70,7 +72,7 @@ class Categorical(Likelihood):
     def log_prob(self, output: Tensor, y: Tensor) -> Tensor:
         return -F.cross_entropy(output, y, reduction="sum")
 
-    def check_targets(self, y: Tensor, output_dim: int | None = None) -> None:
+    def check_targets(self, y: Tensor, output_dim: int | None = None) -> None:  # noqa: B027 (optional hook)
         if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(
                 f"Categorical likelihood: targets must be integer labels, got {y.dtype}"

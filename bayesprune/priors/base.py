@@ -19,6 +19,7 @@ likelihood summed over the data and the prior sit on the same scale.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from bayesprune.sites import Context, Site
 DEFAULT_LAYER_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class Prior:
+class Prior(ABC):
     """Base class of sparsity priors. Subclasses implement the abstract hooks."""
 
     #: module types chosen when ``sparsify(..., layers=None)``
@@ -50,7 +51,7 @@ class Prior:
         output layer. The default keeps them all."""
         return names
 
-    def bind(self, module: nn.Module, layer_names: list[str], example_input: Tensor | None) -> None:
+    def bind(self, module: nn.Module, layer_names: list[str], example_input: Tensor | None) -> None:  # noqa: B027 (optional hook)
         """Called once by :func:`~bayesprune.sparsify` before ``layer_sites``, with the whole
         network, so a prior can compute per-layer facts that need it (e.g. FLOPs per unit).
         The default does nothing."""
@@ -64,18 +65,18 @@ class Prior:
                 f"{type(layer).__name__}; supported layer types: {kinds}"
             )
 
+    @abstractmethod
     def layer_sites(self, name: str, layer: nn.Module) -> list[Site]:
         """The sites this prior adds to ``layer``, in sampling order."""
-        raise NotImplementedError(f"{type(self).__name__}.layer_sites")
 
+    @abstractmethod
     def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
         """A starting value for ``site`` (in its support) used to initialise guides."""
-        raise NotImplementedError(f"{type(self).__name__}.initial_value")
 
+    @abstractmethod
     def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
         """``p(site | earlier sites of the same layer)`` as a Pyro distribution with
         ``event_shape == site.shape``."""
-        raise NotImplementedError(f"{type(self).__name__}.distribution")
 
     def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
         """Sum of ``log p`` over the sites of one layer (override for speed)."""
@@ -84,20 +85,20 @@ class Prior:
             total = total + self.distribution(s, values, ctx).log_prob(values[s.name])
         return total
 
+    @abstractmethod
     def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:
         """Importance of each prunable element of one layer (higher = keep), from a
         posterior point estimate. Its shape says what is pruned: the weight's shape
         (unstructured) or ``(n_units,)`` (structured)."""
-        raise NotImplementedError(f"{type(self).__name__}.scores")
 
     def kept_fraction(self, net: Any, point: dict[str, Tensor]) -> float | None:
         """Fraction of prunable elements currently alive, for progress reports
         (``None`` if the prior has no such notion)."""
         return None
 
+    @abstractmethod
     def config(self) -> dict[str, Any]:
         """JSON-able description from which :func:`bayesprune.priors.from_config` rebuilds it."""
-        raise NotImplementedError(f"{type(self).__name__}.config")
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
