@@ -66,3 +66,30 @@ def inputs() -> Callable[[str, int], torch.Tensor]:
 def class_data() -> Dataset:
     """3 classes in 8 dimensions: 128 train (8 batches of 16), 64 val."""
     return synthetic_classification(128, 64, 0, input_shape=(8,), n_classes=3, seed=0)
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def kill_at_step(monkeypatch, step: int) -> None:
+    """Make the loss estimator raise on its ``step``-th call (1-based) of the next fit."""
+    import importlib
+
+    fit_module = importlib.import_module("bayesprune.inference.fit")  # the module, not fit()
+
+    original = fit_module.loss_from_name
+
+    def patched(name):
+        estimator = original(name)
+        calls = [0]
+
+        def loss(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == step:
+                raise Killed
+            return estimator(*args, **kwargs)
+
+        return loss
+
+    monkeypatch.setattr(fit_module, "loss_from_name", patched)

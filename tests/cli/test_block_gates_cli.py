@@ -59,14 +59,6 @@ def run_main(argv):
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_fit_and_extract_remove_blocks(tmp_path):
     spec = tmp_path / "blocks.toml"
     spec.write_text(SPEC)

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from conftest import Killed, kill_at_step  # noqa: I001
 
 from bayesprune import BayesianNet, fit, sparsify
 from bayesprune.data import Dataset, Split, synthetic_classification
@@ -59,29 +60,6 @@ def assert_same_fit(r1, r2) -> None:
     assert records(r1) == records(r2)
     assert r1.elbo == r2.elbo
     assert r1.elbo_steps == r2.elbo_steps
-
-
-class Killed(Exception):
-    """Stands for the process being killed."""
-
-
-def kill_at_step(monkeypatch, step: int) -> None:
-    """Make the loss estimator raise on its ``step``-th call (1-based) of the next fit."""
-    original = fit_module.loss_from_name
-
-    def patched(name):
-        estimator = original(name)
-        calls = [0]
-
-        def loss(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == step:
-                raise Killed
-            return estimator(*args, **kwargs)
-
-        return loss
-
-    monkeypatch.setattr(fit_module, "loss_from_name", patched)
 
 
 def nan_likelihood_after(monkeypatch, net: BayesianNet, calls_ok: int) -> None:

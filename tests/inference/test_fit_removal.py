@@ -8,6 +8,7 @@ import importlib
 import pytest
 import torch
 import torch.nn as nn
+from conftest import Killed, kill_at_step  # noqa: I001
 
 from bayesprune import collapse, extract, fit, sparsify
 from bayesprune.cli.spec import FIT_DEFAULTS, Spec, SpecError
@@ -98,27 +99,6 @@ def test_without_unit_gates_removal_is_a_no_op(class_data):
     assert_same_fit(*runs)
     with pytest.raises(ValueError, match="remove_dead must be True or False"):
         fit(runs[0].net, class_data, epochs=1, remove_dead="yes", **KW)
-
-
-class Killed(Exception):
-    """Stands for the process being killed."""
-
-
-def kill_at_step(monkeypatch, step: int) -> None:
-    original = fit_module.loss_from_name
-
-    def patched(name):
-        estimator, calls = original(name), [0]
-
-        def loss(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == step:
-                raise Killed
-            return estimator(*args, **kwargs)
-
-        return loss
-
-    monkeypatch.setattr(fit_module, "loss_from_name", patched)
 
 
 @pytest.mark.parametrize("guide", ["map", "mean_field"])

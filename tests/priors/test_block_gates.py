@@ -22,14 +22,6 @@ from bayesprune.zoo import build
 BLOCKS = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def resnet(**kw):
     return build("resnet20", width=0.25, input_size=8, **kw)
 

@@ -23,14 +23,6 @@ from bayesprune.pruning.collapse import _block_keep
 from bayesprune.zoo import build
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
