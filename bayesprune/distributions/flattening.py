@@ -41,9 +41,20 @@ _LARGE = 20.0  # above this γ, e^γ − 1 is formed in log space
 
 def _log1pexp_minus(gamma: Tensor, p: Tensor) -> Tensor:
     """``log(1 + p (e^γ − 1)) = log(p e^γ + 1 − p)`` for p ∈ [0, 1]: ``log1p(p expm1(γ))``
-    (no cancellation for small γ) up to γ = 20, ``logaddexp`` (no overflow) above."""
+    (no cancellation for small γ) up to γ = 20, ``logaddexp`` (no overflow) above.
+
+    ``torch.where`` differentiates both branches, so each has a finite gradient on all of
+    [0, 1]: ``logaddexp`` meets ``log 0`` at the vertices, where its value is known (0 at
+    p = 0, γ at p = 1) and is continued linearly with the true slope (``e^γ − 1``, capped
+    below overflow, at 0; ``1 − e^−γ`` at 1). A gate probability at a vertex then gets a
+    finite gradient (Pyro's ``Trace_ELBO`` differentiates this at ``π*(θ)``)."""
     moderate = torch.log1p(p * torch.expm1(gamma.clamp_max(_LARGE)))
-    large = torch.logaddexp(gamma + torch.log(p), torch.log1p(-p))
+    inner = (p > 0) & (p < 1)
+    q = torch.where(inner, p, torch.full_like(p, 0.5))
+    large = torch.logaddexp(gamma + torch.log(q), torch.log1p(-q))
+    at0 = p * torch.expm1(gamma.clamp_max(80.0))
+    at1 = gamma + (p - 1) * -torch.expm1(-gamma)
+    large = torch.where(inner, large, torch.where(p <= 0, at0, at1))
     return torch.where(gamma <= _LARGE, moderate, large)
 
 

@@ -11,6 +11,15 @@ freshly built guide. It has two faces that must agree:
 
 Parameter keys are the site names with ``.`` replaced by ``/`` (``fc1/weight``).
 
+Pyro sees the guide: ``guide(...)`` exposes its parameters to Pyro's param store
+(:func:`bayesprune.nn.param_store.expose`, under ``"guide$$$..."``), so Pyro's own
+``SVI(net.model, guide, pyro.optim.Adam(...), Trace_ELBO())`` trains the same
+tensors :func:`bayesprune.fit` trains. Projected parameters (gate probabilities,
+``MAP(positive="projected")`` scales) are put back into their support at the start
+of every Pyro guide call when a step has pushed them out -- the projection
+:func:`bayesprune.fit` applies after each step -- so plain SVI runs the same
+projected-gradient method.
+
 Gate sites (``role == "gate"``) are handled here for every guide family:
 ``q(z) = Bernoulli(θ)`` with θ projected into [0, 1], and their ``gate_prob``
 sites are a Delta at the prior parameter's optimum ``π*(θ)``. Subclasses
@@ -31,6 +40,7 @@ from torch import Tensor
 
 from bayesprune.distributions.flattening import optimal_prior_prob
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.nn.param_store import expose
 from bayesprune.priors.gates import probs_key
 from bayesprune.sites import Site
 
@@ -53,6 +63,8 @@ class Guide(nn.Module, ABC):
     """Base class of guides over the sites of a :class:`BayesianNet`."""
 
     name = "guide"
+    #: namespace of the guide's parameters in Pyro's param store
+    pyro_prefix = "guide"
 
     def __init__(self, net: BayesianNet) -> None:
         super().__init__()
@@ -82,8 +94,9 @@ class Guide(nn.Module, ABC):
     def _point(self, site: Site) -> Tensor:
         """The median of ``q(site)`` for a non-gate site."""
 
-    def _project_(self) -> None:
-        """Subclass part of :meth:`project_`."""
+    def _bounds(self) -> list[tuple[nn.Parameter, float | None, float | None]]:
+        """Subclass part of :meth:`bounds`."""
+        return []
 
     # --- per site ---------------------------------------------------------------------
     def gate_theta(self, site: Site) -> Tensor:
@@ -129,13 +142,28 @@ class Guide(nn.Module, ABC):
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def bounds(self) -> list[tuple[nn.Parameter, float | None, float | None]]:
+        """The projected parameters and their ``(lower, upper)`` bounds (``None``: unbounded):
+        gate probabilities in [0, 1], plus whatever the subclass projects."""
+        return [(p, 0.0, 1.0) for p in self.gate_probs.values()] + self._bounds()
+
     @torch.no_grad()
     def project_(self) -> None:
         """Called after every optimizer step: put projected parameters back into their
-        support -- gate probabilities into [0, 1], plus whatever the subclass projects."""
-        for p in self.gate_probs.values():
-            p.clamp_(0.0, 1.0)
-        self._project_()
+        support (:meth:`bounds`)."""
+        for p, lo, hi in self.bounds():
+            p.clamp_(lo, hi)
+
+    @torch.no_grad()
+    def _project_if_needed(self) -> None:
+        """:meth:`project_` only the parameters outside their bounds (the Pyro guide's
+        entry; an in-place change of a parameter already used in a graph would break its
+        backward, e.g. between the particles of one ELBO)."""
+        for p, lo, hi in self.bounds():
+            if (lo is not None and bool((p < lo).any())) or (
+                hi is not None and bool((p > hi).any())
+            ):
+                p.clamp_(lo, hi)
 
     def site_parameters(self, site: Site) -> list[nn.Parameter]:
         """The guide parameters that belong to ``site`` (e.g. its loc and scale)."""
@@ -156,7 +184,11 @@ class Guide(nn.Module, ABC):
 
     # --- shared -----------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        """The Pyro guide (takes and ignores the model's arguments)."""
+        """The Pyro guide (takes and ignores the model's arguments): projects what a step
+        pushed out of its support, exposes the parameters to Pyro's param store, then one
+        ``pyro.sample`` per site in model order."""
+        self._project_if_needed()
+        expose(self.pyro_prefix, self.named_parameters())
         return {s.name: pyro.sample(s.name, self.site_distribution(s)) for s in self.sites}
 
     def rsample(self) -> tuple[dict[str, Tensor], Tensor]:

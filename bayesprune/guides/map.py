@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import pyro.distributions as dist
-import torch
 import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
@@ -74,12 +73,12 @@ class MAP(Guide):
         p = self.unconstrained[key(site.name)]
         return p if self._projected(site) else biject_to(site.support)(p)
 
-    @torch.no_grad()
-    def _project_(self) -> None:
-        if self.positive == "projected":
-            for s in self.sites:
-                if is_positive(s.support):
-                    self.unconstrained[key(s.name)].clamp_(min=self.min_positive)
+    def _bounds(self) -> list[tuple[nn.Parameter, float | None, float | None]]:
+        return [
+            (self.unconstrained[key(s.name)], self.min_positive, None)
+            for s in self.sites
+            if s.role not in GATE_ROLES and self._projected(s)
+        ]
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "positive": self.positive, "min_positive": self.min_positive}

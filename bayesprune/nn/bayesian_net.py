@@ -10,6 +10,8 @@ scaled to the training-set size.
 Parameters the prior does not replace (biases, BatchNorm, unselected layers)
 stay ordinary ``nn.Parameter``\\ s of the module and are learned by maximum
 likelihood alongside the guide.
+The model exposes them to Pyro's param store (``"net$$$<name>"``, see
+:mod:`bayesprune.nn.param_store`), so Pyro's own ``SVI`` trains them too.
 
 >>> import torch, torch.nn as nn
 >>> from bayesprune import sparsify
@@ -31,6 +33,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from bayesprune.nn.likelihoods import Categorical, Likelihood
+from bayesprune.nn.param_store import expose
 from bayesprune.sites import Context, Site
 
 if TYPE_CHECKING:
@@ -45,6 +48,9 @@ class BayesianNet(nn.Module):
     :param layer_names: the module names that carry the prior.
     :param likelihood: the observation model (default: categorical over logits).
     """
+
+    #: namespace of the deterministic parameters in Pyro's param store
+    pyro_prefix = "net"
 
     def __init__(
         self,
@@ -150,6 +156,7 @@ class BayesianNet(nn.Module):
         :param n_data: training-set size the mini-batch stands for (default: ``len(x)``).
         """
         ctx = self.context(n_data if n_data is not None else x.shape[0])
+        expose(self.pyro_prefix, self.deterministic_parameters())
         values: dict[str, Tensor] = {}
         for s in self.sites:
             values[s.name] = pyro.sample(s.name, self.prior.distribution(s, values, ctx))

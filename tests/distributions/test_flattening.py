@@ -307,3 +307,14 @@ def test_optimal_prior_prob_at_the_vertices_and_in_between():
     torch.testing.assert_close(optimal_prior_prob(theta, torch.tensor(0.0, dtype=F64)), theta)
     pi = optimal_prior_prob(theta, torch.tensor(3.0, dtype=F64))
     assert bool((pi[1:] > pi[:-1]).all()) and bool((pi <= theta).all())
+
+
+@pytest.mark.parametrize("gamma", [0.1, 2.0, 30.0, 120.0])
+def test_log_prob_has_finite_gradients_at_the_vertices(gamma):
+    """Pyro's Trace_ELBO differentiates log p(π*(θ)) with θ at 0 or 1: no NaN/Inf may leak
+    from either branch of the density."""
+    pi = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+    lp = flat(gamma, torch.float32).log_prob(pi)
+    (grad,) = torch.autograd.grad(lp.sum(), pi)
+    assert bool(torch.isfinite(lp).all()) and not bool(torch.isnan(grad).any()), grad
+    assert float(grad[2]) == pytest.approx(-1 / (1 + 1 / math.expm1(gamma)), rel=1e-4)
