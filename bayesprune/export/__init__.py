@@ -1,5 +1,7 @@
 """Save, reload and export plain (extracted) networks.
 
+- :func:`load`: load any network bayesprune saved (``bayesprune extract``,
+  ``save_pruned``), no builder needed, in eval mode.
 - :func:`save_network` / :func:`load_network`: safetensors weights plus a JSON
   description, no pickle, atomic writes, shape/dtype checks on load.
 - :func:`export_torchscript`: traced TorchScript, checked against eager.
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+from bayesprune.export.loader import load
 from bayesprune.export.onnx_export import export_onnx
 from bayesprune.export.safetensors_io import describe_layers, load_network, save_network
 from bayesprune.export.torchscript import ExportMismatchError, export_torchscript
@@ -21,6 +24,7 @@ __all__ = [
     "describe_layers",
     "export_onnx",
     "export_torchscript",
+    "load",
     "load_network",
     "save_network",
 ]

@@ -2,15 +2,21 @@
 
 from bayesprune.pruning.collapse import collapse, layer_scores
 from bayesprune.pruning.extract import extract, masked_copy
+from bayesprune.pruning.inclusion import inclusion_kind, inclusion_probs
 from bayesprune.pruning.keepset import KeepSet
 from bayesprune.pruning.live import remove_units, removed_units, replay_removals
+from bayesprune.pruning.predict import PruningForecast, predict_pruning
 
 __all__ = [
     "KeepSet",
+    "PruningForecast",
     "collapse",
     "extract",
+    "inclusion_kind",
+    "inclusion_probs",
     "layer_scores",
     "masked_copy",
+    "predict_pruning",
     "remove_units",
     "removed_units",
     "replay_removals",

@@ -9,6 +9,10 @@ kept units (structured); the one score of a residual block (block gates, a
 layer without a weight) keeps the block whole or makes it its shortcut
 (``KeepSet(identity=True)``).
 
+``rule="inclusion"`` decides by the posterior instead of a point: an element is
+removed only when its inclusion probability ``P(keep)``
+(:mod:`bayesprune.pruning.inclusion`) is below ``max_risk``.
+
 >>> import torch, torch.nn as nn
 >>> from bayesprune import sparsify
 >>> from bayesprune.priors import HALO
@@ -21,6 +25,7 @@ layer without a weight) keeps the block whole or makes it its shortcut
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +35,7 @@ from torch import Tensor
 from bayesprune.blocks import block_spec
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.pruning.inclusion import inclusion_probs
 from bayesprune.pruning.keepset import KeepSet
 
 
@@ -48,6 +54,15 @@ def _top_mask(scores: Tensor, k: int) -> Tensor:
     return mask.reshape(scores.shape)
 
 
+def _top_mask_by(primary: Tensor, tiebreak: Tensor, k: int) -> Tensor:
+    """The ``k`` best elements by ``primary``, ties broken by ``tiebreak`` (then by index)."""
+    order = torch.argsort(tiebreak.flatten().float(), descending=True, stable=True)
+    order = order[torch.argsort(primary.flatten()[order].float(), descending=True, stable=True)]
+    mask = torch.zeros(primary.numel(), dtype=torch.bool, device=primary.device)
+    mask[order[:k]] = True
+    return mask.reshape(primary.shape)
+
+
 def _block_keep(name: str, layer: nn.Module, mask: Tensor) -> KeepSet:
     """A gated layer without a weight is a residual block with one score (block gates):
     kept whole, or replaced by its shortcut (``identity=True``)."""
@@ -60,6 +75,10 @@ def _block_keep(name: str, layer: nn.Module, mask: Tensor) -> KeepSet:
     return KeepSet(identity=not bool(mask.any()), n_units=1)
 
 
+RULES = ("score", "inclusion")
+_INCLUSION_OPTIONS = ("delta", "num_samples", "seed")
+
+
 def collapse(
     net: BayesianNet,
     guide: Guide | None = None,
@@ -69,22 +88,58 @@ def collapse(
     scope: str = "global",
     point: dict[str, Tensor] | None = None,
     min_units: int = 1,
+    rule: str = "score",
+    max_risk: float | None = None,
     **options: Any,
 ) -> dict[str, KeepSet]:
     """Per-layer keep-sets from the posterior of ``net``.
 
+    Two rules decide what is removed:
+
+    - ``rule="score"`` (default): rank the prior's scores at the point estimate and keep a
+      fraction (``keep``) or those above ``threshold`` (see the module docstring).
+    - ``rule="inclusion"``: remove an element only when its posterior inclusion probability
+      ``P(keep)`` (:func:`~bayesprune.pruning.inclusion.inclusion_probs`) is below
+      ``max_risk``; elements with ``P(keep) >= max_risk`` are kept. ``P(keep)`` of a
+      removed element is the posterior probability that it was needed, so ``max_risk``
+      bounds that risk *per removed element* (the chance that at least one of several
+      removed elements was needed can be larger, up to the sum). Under a MAP guide the
+      probabilities are 0/1 indicators (``inclusion_kind(...) == "map-indicator"``), and the
+      rule removes exactly the elements at or below ``delta``, whatever ``max_risk``.
+      The probabilities are stored in each ``KeepSet.p_keep``.
+
+    Both rules give the same kinds of keep-sets: weight masks (per-weight scores), kept
+    units (per-unit scores, at least ``min_units`` per layer) or a whole block kept or
+    turned into its shortcut.
+
     :param net: the fitted model.
     :param guide: the fitted guide; its :meth:`~bayesprune.guides.Guide.point` is used
-        (or pass ``point=`` directly).
-    :param keep: fraction of prunable elements to keep, in ``(0, 1]``.
+        (or pass ``point=`` directly; ``rule="inclusion"`` needs the guide).
+    :param keep: fraction of prunable elements to keep, in ``(0, 1]`` (``rule="score"``).
     :param threshold: keep elements whose score is above this (used when ``keep`` is None;
-        the default is the prior's ``default_threshold``).
+        the default is the prior's ``default_threshold``; ``rule="score"``).
     :param scope: ``"global"`` (one ranking over all layers, default) or ``"layer"``
         (``keep`` applies to each layer separately).
-    :param min_units: structured keep-sets never keep fewer units than this per layer.
-    :param options: passed to the prior's ``scores`` (e.g. ``by="scale"`` for HALO).
+    :param min_units: structured keep-sets never keep fewer units than this per layer (the
+        best by score, or by ``P(keep)`` then score under ``rule="inclusion"``).
+    :param rule: ``"score"`` or ``"inclusion"``.
+    :param max_risk: for ``rule="inclusion"``: the largest ``P(keep)`` an element may have
+        and still be removed, in ``(0, 1)``.
+    :param options: passed to the prior's ``scores`` (e.g. ``by="scale"`` for HALO); under
+        ``rule="inclusion"`` to ``inclusion_probs`` (``delta``, ``num_samples``, ``seed``).
     :returns: ``{layer name: KeepSet}`` with the point estimates in ``KeepSet.values``.
+
+    >>> import torch.nn as nn
+    >>> from bayesprune import sparsify
+    >>> from bayesprune.guides import MeanField
+    >>> from bayesprune.priors import HALO
+    >>> net = sparsify(nn.Linear(4, 3), HALO(per="unit"), layers=nn.Linear)
+    >>> keep = collapse(net, MeanField(net), rule="inclusion", max_risk=0.05)
+    >>> keep[""].n_units, tuple(keep[""].p_keep.shape)
+    (3, (3,))
     """
+    if rule not in RULES:
+        raise ValueError(f"collapse: rule must be one of {RULES}, got {rule!r}")
     if point is None:
         if guide is None:
             raise ValueError("collapse: pass the fitted guide (or point=)")
@@ -101,6 +156,14 @@ def collapse(
         raise ValueError(f"collapse: threshold must be a number, got {threshold!r}")
     if scope not in ("global", "layer"):
         raise ValueError(f"collapse: scope must be 'global' or 'layer', got {scope!r}")
+    if rule == "inclusion":
+        return _collapse_by_inclusion(
+            net, guide, point, keep, threshold, min_units, max_risk, options
+        )
+    if max_risk is not None:
+        raise ValueError(
+            "collapse: max_risk is for rule='inclusion'; rule='score' uses keep/threshold"
+        )
     scores = layer_scores(net, point, **options)
     masks: dict[str, Tensor] = {}
     if keep is not None and scope == "global":
@@ -117,7 +180,66 @@ def collapse(
         if threshold is None:
             threshold = net.prior.default_threshold
         masks = {n: s > threshold for n, s in scores.items()}
+    return _keepsets(
+        net, point, masks, min_units, lambda name, k: _top_mask(scores[name].float(), k)
+    )
 
+
+def _collapse_by_inclusion(
+    net: BayesianNet,
+    guide: Guide | None,
+    point: dict[str, Tensor],
+    keep: float | None,
+    threshold: float | None,
+    min_units: int,
+    max_risk: float | None,
+    options: dict[str, Any],
+) -> dict[str, KeepSet]:
+    if guide is None:
+        raise ValueError("collapse: rule='inclusion' needs the fitted guide (its distributions)")
+    if keep is not None or threshold is not None:
+        raise ValueError(
+            "collapse: keep and threshold are for rule='score'; rule='inclusion' takes max_risk"
+        )
+    if (
+        max_risk is None
+        or isinstance(max_risk, bool)
+        or not isinstance(max_risk, (int, float))
+        or not 0 < max_risk < 1
+    ):
+        raise ValueError(
+            f"collapse: rule='inclusion' needs max_risk, a probability in (0, 1), got {max_risk!r}"
+        )
+    unknown = sorted(set(options) - set(_INCLUSION_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"collapse: unknown option(s) {unknown} for rule='inclusion'; "
+            f"it takes {list(_INCLUSION_OPTIONS)}"
+        )
+    probs = inclusion_probs(net, guide, **options)
+    scores = layer_scores(net, point)
+    masks = {n: p >= max_risk for n, p in probs.items()}
+    return _keepsets(
+        net,
+        point,
+        masks,
+        min_units,
+        lambda name, k: _top_mask_by(probs[name], scores[name], k),
+        p_keep=probs,
+    )
+
+
+def _keepsets(
+    net: BayesianNet,
+    point: dict[str, Tensor],
+    masks: dict[str, Tensor],
+    min_units: int,
+    best: Callable[[str, int], Tensor],
+    p_keep: dict[str, Tensor] | None = None,
+) -> dict[str, KeepSet]:
+    """Turn one boolean mask per layer (shaped like its scores) into its KeepSet: a weight
+    mask, kept units (refilled to ``min_units`` with ``best(name, k)``, the mask of the
+    ``k`` best units) or a block kept whole / made its shortcut."""
     result: dict[str, KeepSet] = {}
     for name, mask in masks.items():
         layer = net.module.get_submodule(name)
@@ -127,17 +249,20 @@ def collapse(
             if s.replaces is not None
         }
         if not isinstance(getattr(layer, "weight", None), Tensor):
-            result[name] = _block_keep(name, layer, mask)
+            ks = _block_keep(name, layer, mask)
         elif mask.shape == layer.weight.shape:
-            result[name] = KeepSet(weight_mask=mask.cpu(), values=values)
+            ks = KeepSet(weight_mask=mask.cpu(), values=values)
         elif mask.dim() == 1 and mask.numel() == layer.weight.shape[0]:
             if int(mask.sum()) < min_units:
-                mask = _top_mask(scores[name].float(), min(min_units, mask.numel()))
+                mask = best(name, min(min_units, mask.numel()))
             units = mask.nonzero().flatten().cpu()
-            result[name] = KeepSet(units=units, n_units=mask.numel(), values=values)
+            ks = KeepSet(units=units, n_units=mask.numel(), values=values)
         else:
             raise ValueError(
                 f"collapse: scores of layer {name!r} have shape {tuple(mask.shape)}, neither the "
                 f"weight's {tuple(layer.weight.shape)} nor ({layer.weight.shape[0]},)"
             )
+        if p_keep is not None:
+            ks.p_keep = p_keep[name].detach().cpu()
+        result[name] = ks
     return result

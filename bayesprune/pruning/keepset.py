@@ -37,6 +37,9 @@ class KeepSet:
     n_units: int | None = None
     values: dict[str, Tensor] = field(default_factory=dict)
     identity: bool = False  # a whole block removed: it becomes its shortcut
+    #: posterior inclusion probability of every prunable element of the layer (shaped like
+    #: its collapse scores), when the keep-set came from ``collapse(rule="inclusion")``
+    p_keep: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.weight_mask is not None and (

@@ -83,6 +83,7 @@ __all__ = [
     "removed_units",
     "replay_removals",
     "to_current",
+    "to_original",
 ]
 
 WHO = "remove_units"
@@ -149,6 +150,36 @@ def to_current(net: BayesianNet, keep: Mapping[str, Any]) -> dict[str, Tensor]:
                 "from this network"
             )
         out[name] = pos
+    return out
+
+
+def to_original(net: BayesianNet, keep: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Translate a keep map in the indexing of ``net``'s *current* units (e.g. the units of
+    a :func:`~bayesprune.collapse` keep-set after ``fit(remove_dead=True)``) into the
+    indexing of the network as built -- the inverse of :func:`to_current`. Layers that never
+    lost units are unchanged; indices come back sorted, without repeats.
+
+    :raises ValueError: naming the layer, for an unknown layer or an index out of the
+        current range.
+    :raises TypeError: for non-integer indices.
+
+    >>> import torch, torch.nn as nn
+    >>> from bayesprune import sparsify
+    >>> from bayesprune.priors import UnitGates
+    >>> from bayesprune.guides import MAP
+    >>> mlp = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    >>> net = sparsify(mlp, UnitGates(), example_input=torch.zeros(1, 4))
+    >>> _ = remove_units(net, MAP(net), {"0": [1, 3, 4]})  # units 0, 2, 5 are gone
+    >>> to_original(net, {"0": [0, 2]})["0"].tolist()  # current units 0 and 2
+    [1, 4]
+    """
+    rec = unit_origin(net)
+    out: dict[str, Tensor] = {}
+    for name, idx in keep.items():
+        units = _as_index(name, idx, _units_of(net, name))
+        if rec is not None and name in rec.units:
+            units = rec.units[name][units]
+        out[name] = units
     return out
 
 

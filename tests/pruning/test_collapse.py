@@ -285,3 +285,151 @@ def test_keepsets_are_keepsets_on_cpu(fitted):
     for k in collapse(net, guide, keep=0.5).values():
         assert isinstance(k, KeepSet)
         assert k.weight_mask.device.type == "cpu"
+
+
+# --- rule="inclusion": remove only what the posterior says is probably not needed ------
+
+
+def set_gates(guide, thetas: dict[str, list[float]]) -> None:
+    from bayesprune.guides.base import key as gkey
+
+    with torch.no_grad():
+        for layer, theta in thetas.items():
+            guide.gate_probs[gkey(f"{layer}.gate")].copy_(torch.tensor(theta))
+
+
+@pytest.fixture
+def gated_units():
+    from bayesprune.priors import UnitGates
+
+    net = sparsify(ConvMLP(), UnitGates())
+    assert net.layer_names == ("conv", "fc1")
+    guide = MAP(net)
+    set_gates(guide, {"conv": [0.3, 0.1, 0.25, 0.0], "fc1": [0.9, 0.2, 0.5, 0.05, 0.25, 0.7]})
+    return net, guide
+
+
+def test_inclusion_rule_keeps_exactly_the_gates_with_theta_at_least_max_risk(gated_units):
+    net, guide = gated_units
+    ks = collapse(net, guide, rule="inclusion", max_risk=0.25)
+    assert ks["conv"].units.tolist() == [0, 2]  # θ = 0.25 is kept: P(keep) >= max_risk
+    assert ks["fc1"].units.tolist() == [0, 2, 4, 5]
+    torch.testing.assert_close(ks["conv"].p_keep, torch.tensor([0.3, 0.1, 0.25, 0.0]))
+    assert (ks["conv"].n_units, ks["fc1"].n_units) == (4, 6)
+    assert ks["fc1"].values["weight"].shape == (6, 64)
+    # the score rule at its default threshold (θ > 0.5) decides differently
+    assert collapse(net, guide)["fc1"].units.tolist() == [0, 5]
+    assert collapse(net, guide)["fc1"].p_keep is None
+
+
+def test_inclusion_rule_min_units_takes_the_most_probable_units(gated_units):
+    net, guide = gated_units
+    ks = collapse(net, guide, rule="inclusion", max_risk=0.95, min_units=2)
+    assert ks["conv"].units.tolist() == [0, 2]
+    assert ks["fc1"].units.tolist() == [0, 5]
+
+
+def test_inclusion_rule_min_units_breaks_ties_by_score(fitted_units):
+    """Under MAP every P(keep) is a 0/1 indicator; a layer emptied by delta is refilled with
+    its largest units, as the score rule does."""
+    net, guide = fitted_units
+    ks = collapse(net, guide, rule="inclusion", max_risk=0.5, delta=100.0, min_units=2)
+    assert ks["conv"].units.tolist() == [0, 2]
+    assert ks["fc1"].units.tolist() == [1, 3]
+
+
+def test_inclusion_rule_under_map_is_the_threshold_rule_whatever_max_risk(fitted):
+    net, guide = fitted
+    by_score = collapse(net, guide, threshold=0.3)
+    for eps in (0.01, 0.5, 0.99):
+        ks = collapse(net, guide, rule="inclusion", max_risk=eps, delta=0.3)
+        for n in LAYERS:
+            assert torch.equal(ks[n].weight_mask, by_score[n].weight_mask)
+
+
+@pytest.fixture
+def normal_weights():
+    """Per-weight HALO under mean-field with hand-set (μ, σ): P(|w| > δ) spread over (0, 1)."""
+    from bayesprune.guides import MeanField
+
+    net = sparsify(small_mlp(), HALO(), layers=nn.Linear)
+    guide = MeanField(net)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n in LAYERS:
+            shape = net.site(f"{n}.weight").shape
+            guide.loc[key(f"{n}.weight")].copy_(0.2 * torch.randn(shape, generator=g))
+            guide.rho[key(f"{n}.weight")].copy_(
+                (0.02 + 0.1 * torch.rand(shape, generator=g)).expm1().log()
+            )
+    return net, guide
+
+
+def test_inclusion_rule_gives_weight_masks_of_the_probable_weights(normal_weights):
+    from bayesprune.pruning import inclusion_probs
+
+    net, guide = normal_weights
+    probs = inclusion_probs(net, guide, delta=0.1)
+    ks = collapse(net, guide, rule="inclusion", max_risk=0.2, delta=0.1)
+    point = guide.point()
+    for n in LAYERS:
+        assert torch.equal(ks[n].weight_mask, probs[n] >= 0.2)
+        assert torch.equal(ks[n].p_keep, probs[n])
+        assert torch.equal(ks[n].values["weight"], point[f"{n}.weight"])
+    kept = sum(k.n_kept for k in ks.values())
+    assert 0 < kept < sum(k.weight_mask.numel() for k in ks.values())
+
+
+def test_inclusion_rule_gives_units_for_per_unit_priors_and_extracts():
+    from bayesprune.guides import MeanField
+    from bayesprune.pruning import inclusion_probs
+
+    net = sparsify(ConvMLP(), HALO(per="unit"), layers=["conv", "fc1"])
+    guide = MeanField(net, init_scale=0.01)
+    with torch.no_grad():  # fc1 row norms 0.2 ... 0.6 around δ = 0.35
+        norms = torch.tensor([0.2, 0.6, 0.3, 0.35, 0.4, 0.5])
+        guide.loc[key("fc1.weight")].copy_(torch.ones(6, 64) / 8.0 * norms.view(6, 1))
+    probs = inclusion_probs(net, guide, delta=0.35, seed=4)
+    ks = collapse(net, guide, rule="inclusion", max_risk=0.5, delta=0.35, seed=4)
+    for n in ("conv", "fc1"):
+        assert ks[n].units.tolist() == (probs[n] >= 0.5).nonzero().flatten().tolist()
+    kept = set(ks["fc1"].units.tolist())
+    assert {1, 4, 5} <= kept and not kept & {0, 2}  # norms 0.6, 0.4, 0.5 stay; 0.2, 0.3 go
+    small = extract(net, ks, example_input=torch.zeros(1, 1, 6, 6))
+    assert small.fc1.out_features == ks["fc1"].n_kept
+
+
+def test_inclusion_rule_turns_improbable_blocks_into_shortcuts():
+    from bayesprune.priors import BlockGates
+    from bayesprune.zoo import build
+
+    net = sparsify(build("resnet20", width=0.25, input_size=8), BlockGates())
+    guide = MAP(net)
+    set_gates(guide, {"layer1.1": [0.04], "layer3.2": [0.06]})
+    ks = collapse(net, guide, rule="inclusion", max_risk=0.05)
+    assert ks["layer1.1"].identity and ks["layer1.1"].n_kept == 0
+    assert not ks["layer3.2"].identity and ks["layer3.2"].p_keep.shape == (1,)
+    assert sum(k.identity for k in ks.values()) == 1
+
+
+@pytest.mark.parametrize("max_risk", [0, 0.0, 1, 1.0, -0.1, 1.5, None, True, "0.1", float("nan")])
+def test_invalid_max_risk(gated_units, max_risk):
+    net, guide = gated_units
+    with pytest.raises(ValueError, match="max_risk"):
+        collapse(net, guide, rule="inclusion", max_risk=max_risk)
+
+
+def test_inclusion_rule_refuses_score_arguments_and_vice_versa(gated_units):
+    net, guide = gated_units
+    with pytest.raises(ValueError, match="keep and threshold"):
+        collapse(net, guide, rule="inclusion", max_risk=0.1, keep=0.5)
+    with pytest.raises(ValueError, match="keep and threshold"):
+        collapse(net, guide, rule="inclusion", max_risk=0.1, threshold=0.5)
+    with pytest.raises(ValueError, match="max_risk"):
+        collapse(net, guide, max_risk=0.1)
+    with pytest.raises(ValueError, match="unknown option.*by"):
+        collapse(net, guide, rule="inclusion", max_risk=0.1, by="scale")
+    with pytest.raises(ValueError, match="needs the fitted guide"):
+        collapse(net, rule="inclusion", max_risk=0.1, point=guide.point())
+    with pytest.raises(ValueError, match="rule must be"):
+        collapse(net, guide, rule="posterior")
