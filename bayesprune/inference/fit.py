@@ -3,7 +3,9 @@
 One :func:`fit` for every prior and guide, on CPU or CUDA: index-slice
 mini-batches from in-memory tensors, one ``torch.optim`` optimizer over the
 guide's and the network's deterministic parameters, the fused ELBO (equal to
-``Trace_ELBO``, see :mod:`bayesprune.inference.losses`), Pyro validation only on
+``Trace_ELBO`` for priors without gates; for gate priors a straight-through
+estimator of the same ELBO, see :mod:`bayesprune.inference.losses`), Pyro
+validation only on
 the first step, no host synchronisation inside the step loop except every
 ``log_every`` steps (progress, NaN guard), per-epoch validation, atomic
 checkpoints and exact resume.
@@ -141,7 +143,10 @@ def fit(
         ``{"scale": 1e-2}`` for HALO's shrinkage scales (default: ``lr`` for all).
     :param optimizer: ``"adam"`` (default), ``"adamw"`` or ``"sgd"`` (momentum 0.9).
     :param schedule: ``None`` or ``"cosine"`` (per step, to zero at the end).
-    :param loss: ``"fused"`` (default; equals Pyro's Trace_ELBO, faster) or ``"trace"``.
+    :param loss: ``"fused"`` (default, faster: Pyro's Trace_ELBO loss and gradients on the
+        same draws for priors without gates; for gate priors an unbiased loss with a biased
+        straight-through θ-gradient, see :mod:`bayesprune.inference.losses`) or ``"trace"``
+        (Pyro's Trace_ELBO: unbiased score-function gate gradients, far noisier).
     :param seed: seeds the data order and the guide's random draws.
     :param callbacks: objects with ``on_fit_start / on_epoch_start / on_epoch_end``.
     :param checkpoint: a folder; ``last.pt`` there is rewritten atomically every epoch
@@ -204,6 +209,8 @@ def fit(
     data = data.to(dev)
     if net.example_input is None:
         net.example_input = data.train.x[:1].detach().clone()
+    elif isinstance(net.example_input, torch.Tensor):  # traced with the net (remove_dead)
+        net.example_input = net.example_input.to(dev)
     with torch.no_grad():
         out_dim = net.predict(guide.point(), data.train.x[:2]).shape[-1]
     net.likelihood.check_targets(data.train.y, out_dim)
