@@ -1,5 +1,6 @@
 # bayesprune: two entry points for a fresh machine (see README.md)
-#   make demo   -- venv, install, Fashion-MNIST, fit HALO on LeNet-5 -> report -> extracted network
+#   make demo   -- venv, install, Fashion-MNIST, unit gates on LeNet-5 (dead units cut out while
+#                  training) -> extracted network, reloaded from disk -> diagnostics -> report.html
 #   make test   -- venv, install with dev extras, run the test suite
 
 PYTHON ?= python3
@@ -8,6 +9,8 @@ BIN    := $(VENV)/bin
 DATA   ?= /usr/share/datasets/fashion-mnist
 DEMO_EPOCHS ?= 3
 DEMO_OUT    ?= runs/demo
+DEMO_DRAWS  ?= 30
+DEMO_EXAMPLES ?= 2000
 
 .PHONY: demo test install dev data lint format bench clean
 
@@ -39,8 +42,9 @@ data:
 
 demo: install data
 	rm -rf $(DEMO_OUT)
-	$(BIN)/bayesprune fit models/halo-lenet5.toml --epochs $(DEMO_EPOCHS) --out $(DEMO_OUT)
+	$(BIN)/bayesprune fit models/gates-lenet5.toml --epochs $(DEMO_EPOCHS) --out $(DEMO_OUT)
 	$(BIN)/bayesprune extract $(DEMO_OUT)
+	$(BIN)/bayesprune report $(DEMO_OUT) --num-samples $(DEMO_DRAWS) --max-examples $(DEMO_EXAMPLES)
 
 test: dev
 	$(BIN)/python -m pytest -n 2 -q

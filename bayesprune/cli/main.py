@@ -4,6 +4,7 @@
 
     bayesprune fit models/halo-lenet5.toml --epochs 3 --out runs/halo-lenet5
     bayesprune extract runs/halo-lenet5
+    bayesprune report runs/halo-lenet5
     bayesprune --help
 """
 
@@ -19,13 +20,15 @@ from typing import Any
 
 import torch
 
+from bayesprune.cli.fitted import load_fitted
+from bayesprune.cli.report_cmd import add_report_parser, cmd_report
 from bayesprune.cli.run_dir import RunDir
 from bayesprune.cli.spec import Spec, SpecError
+from bayesprune.export import load
 from bayesprune.export.pruned_network import save_pruned
-from bayesprune.inference import CheckpointError, NonFiniteLossError, evaluate, fit, load_checkpoint
+from bayesprune.inference import CheckpointError, NonFiniteLossError, evaluate, fit
 from bayesprune.metrics import summarize
 from bayesprune.pruning import collapse, extract
-from bayesprune.pruning.live import replay_removals
 
 log = logging.getLogger("bayesprune")
 
@@ -59,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, help="keep elements scoring above this")
     e.add_argument("--data-root", type=Path, help="folder holding the data set files")
     e.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    add_report_parser(sub)
     return p
 
 
@@ -135,23 +139,8 @@ def _pct(x: float) -> str:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    run = RunDir(args.run)
-    spec = Spec.from_dict(run.read_json(run.spec), source=str(run.spec))
-    net = spec.build_net()
-    guide = spec.build_guide(net)
-    ck = load_checkpoint(run.checkpoint)
-    try:
-        replay_removals(net, guide, ck.get("removed") or {})  # fit(..., remove_dead=True)
-        net.load_state_dict(ck["net"])
-        guide.load_state_dict(ck["guide"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(
-            f"{run.checkpoint} does not fit the spec in {run.spec}: {e}"
-        ) from None
-    net.eval()
-    data_kw = {"root": args.data_root} if args.data_root else {}
-    data = spec.build_data(**data_kw)
-    net.example_input = data.train.x[:1].clone()
+    fitted = load_fitted(args.run, args.data_root)
+    run, spec, net, guide, data = fitted.run, fitted.spec, fitted.net, fitted.guide, fitted.data
 
     ckw = spec.collapse_kwargs()
     if args.keep is not None:
@@ -192,6 +181,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     paths = save_pruned(
         small,
         run.extracted,
+        net=net,  # units removed during the fit are recorded in the original indexing
         network_config=getattr(dense, "config", {"name": type(dense).__name__}),
         keep=keep,
         input_shape=tuple(example.shape[1:]),
@@ -208,6 +198,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         + ", ".join(f"{n} {v['kept']}/{v['of']}" for n, v in layers.items())
         + ")"
     )
+    widths = _widths(original, small, keep)
+    if widths:
+        print("units per layer: " + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in widths.items()))
     print(
         f"params: {before['params']:,} -> {after['params']:,} stored, {after['nonzeros']:,} nonzero"
     )
@@ -220,7 +213,39 @@ def cmd_extract(args: argparse.Namespace) -> int:
             f"CPU latency at batch {a['batch_size']}: {1e3 * b['median']:.3f} ms -> {1e3 * a['median']:.3f} ms"
         )
     print(f"extracted network: {paths[0]}")
+    print(_reload_check(run.extracted, small, test.x[:512]))
     return 0
+
+
+def _reload_check(path: Path, small: torch.nn.Module, x: torch.Tensor) -> str:
+    """Load the saved network back from disk and compare its outputs with the in-memory one:
+    what a user ships must be what was measured."""
+    reloaded = load(path)
+    with torch.inference_mode():
+        a, b = small(x), reloaded(x)
+    if torch.equal(a, b):
+        return f"reloaded from {path}: outputs bitwise equal to the extracted network"
+    diff = float((a - b).abs().max())
+    if diff > 1e-5 * max(1.0, float(a.abs().max())):
+        raise ValueError(
+            f"{path}: the network loaded back differs from the one extracted (max |diff| {diff:.3g})"
+        )
+    return f"reloaded from {path}: outputs equal to the extracted network (max |diff| {diff:.1e})"
+
+
+def _widths(
+    original: torch.nn.Module, small: torch.nn.Module, keep: dict[str, Any]
+) -> dict[str, tuple[int, int]]:
+    """Output units of each structurally pruned layer, in the original and extracted nets."""
+    out = {}
+    for name, ks in keep.items():
+        if ks.units is None:
+            continue
+        a = getattr(original.get_submodule(name), "weight", None)
+        b = getattr(small.get_submodule(name), "weight", None)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            out[name] = (int(a.shape[0]), int(b.shape[0]))
+    return out
 
 
 def _original_size(original: torch.nn.Module, name: str, ks: Any) -> int:
@@ -244,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_fit(args)
         if args.command == "extract":
             return cmd_extract(args)
+        if args.command == "report":
+            return cmd_report(args)
     except (
         SpecError,
         CheckpointError,

@@ -65,7 +65,9 @@ def test_elbo_at_the_exact_posterior_is_the_log_evidence_for_every_draw(loss):
     evidence = MultivariateNormal(torch.zeros(N), SIGMA**2 * torch.eye(N) + S**2 * x @ x.T)
     expected = -float(evidence.log_prob(y))
     for _ in range(5):
-        assert float(loss(net, guide, x, y, N).detach()) == pytest.approx(expected, rel=1e-5, abs=1e-4)
+        assert float(loss(net, guide, x, y, N).detach()) == pytest.approx(
+            expected, rel=1e-5, abs=1e-4
+        )
 
 
 def test_elbo_away_from_the_posterior_is_lower():

@@ -1,0 +1,77 @@
+"""``bayesprune report RUN_DIR``: diagnose a fitted run and write its report.
+
+::
+
+    bayesprune report runs/halo-lenet5 --num-samples 100
+
+Rebuilds the net and guide from the run folder (as ``extract`` does), runs
+:func:`bayesprune.diagnostics.diagnose` on the test split (the validation split if there
+is none), saves ``RUN_DIR/idata.nc``, collapses with the spec's ``[collapse]`` settings
+(the same network ``extract`` writes) and writes ``RUN_DIR/report/report.html``,
+``report.md`` and the PNG figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bayesprune.cli.fitted import load_fitted
+from bayesprune.export.safetensors_io import atomic_output
+from bayesprune.pruning import collapse
+
+__all__ = ["add_report_parser", "cmd_report"]
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to the ``bayesprune`` subparsers ``sub``."""
+    r = sub.add_parser("report", help="diagnose a fitted run and write report.html")
+    r.add_argument("run", type=Path, help="a run folder written by 'bayesprune fit'")
+    r.add_argument(
+        "--num-samples", type=int, default=100, help="posterior draws for diagnostics (100)"
+    )
+    r.add_argument(
+        "--max-examples",
+        type=int,
+        help="diagnose only the first N examples of the split (default: all; each draw is "
+        "one pass over them)",
+    )
+    r.add_argument("--data-root", type=Path, help="folder holding the data set files")
+    r.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    return r
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bayesprune.diagnostics import diagnose
+    from bayesprune.report import report
+
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    fitted = load_fitted(args.run, args.data_root)
+    run, spec, net, guide = fitted.run, fitted.spec, fitted.net, fitted.guide
+    result = fitted.result()
+    idata = diagnose(
+        net,
+        guide,
+        fitted.data,
+        num_samples=args.num_samples,
+        result=result,
+        max_examples=args.max_examples,
+    )
+    with atomic_output(run.root / "idata.nc") as tmp:
+        idata.to_netcdf(str(tmp))
+    keep = collapse(net, guide, **spec.collapse_kwargs())
+    html = report(
+        net,
+        result,
+        idata,
+        out=run.root / "report",
+        keep=keep,
+        original=spec.build_network(),
+        measure_latency=not args.no_latency,
+        title=f"bayesprune report: {run.root.name} ({type(net.module).__name__}, "
+        f"{net.prior.name} prior, {guide.name} guide)",
+    )
+    print(html)
+    return 0

@@ -1,0 +1,89 @@
+"""Checking what :func:`bayesprune.diagnose` is given; every error names the argument.
+
+>>> import torch
+>>> from bayesprune.data import synthetic_classification
+>>> x, y, split = resolve_data(synthetic_classification(8, 4, 2, input_shape=(3,)))
+>>> split, tuple(x.shape)
+('test', (2, 3))
+>>> resolve_data([1, 2])
+Traceback (most recent call last):
+...
+TypeError: diagnose: data must be an (x, y) pair of tensors, a bayesprune.data.Split or a Dataset, got list
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from torch import Tensor
+
+from bayesprune.data import Dataset, Split
+from bayesprune.guides.base import Guide
+from bayesprune.nn.bayesian_net import BayesianNet
+
+WHO = "diagnose"
+
+
+def resolve_data(data: Any) -> tuple[Tensor, Tensor, str]:
+    """``(x, y, split name)``: a Dataset's test split if it has one, else val, else train;
+    ``"given"`` for an ``(x, y)`` pair or a Split.
+
+    :raises TypeError: for anything else.
+    :raises ValueError: when ``y`` does not have one target per input, or there are no examples.
+    """
+    if isinstance(data, Dataset):
+        for name in ("test", "val", "train"):
+            part = getattr(data, name)
+            if part is not None and len(part) > 0:
+                x, y, split = part.x, part.y, name
+                break
+        else:
+            raise ValueError(f"{WHO}: data (a Dataset) has no split with examples")
+    elif isinstance(data, Split):
+        x, y, split = data.x, data.y, "given"
+    elif (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, Tensor) for t in data)
+    ):
+        (x, y), split = data, "given"
+    else:
+        raise TypeError(
+            f"{WHO}: data must be an (x, y) pair of tensors, a bayesprune.data.Split or a "
+            f"Dataset, got {type(data).__name__}"
+        )
+    if x.dim() == 0 or y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{WHO}: y must hold one target per input: x has shape {tuple(x.shape)}, "
+            f"y has shape {tuple(y.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{WHO}: data has no examples")
+    return x, y, split
+
+
+def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer ``>= low``."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        extra = " or None" if optional else ""
+        raise ValueError(f"{WHO}: {name} must be an integer >= {low}{extra}, got {value!r}")
+
+
+def check_pair(net: Any, guide: Any) -> None:
+    """``net`` is a BayesianNet and ``guide`` a Guide over the same sites."""
+    if not isinstance(net, BayesianNet):
+        raise TypeError(
+            f"{WHO}: net must be a BayesianNet (from bayesprune.sparsify), got {type(net).__name__}"
+        )
+    if not isinstance(guide, Guide):
+        raise TypeError(f"{WHO}: guide must be a bayesprune Guide, got {type(guide).__name__}")
+    mine = [(s.name, s.shape) for s in net.sites]
+    theirs = [(s.name, s.shape) for s in guide.sites]
+    if mine != theirs:
+        raise ValueError(
+            f"{WHO}: guide does not match net: its sites are {theirs}, the net's are {mine} "
+            "(was the guide built for this net, before or after the same unit removals?)"
+        )
