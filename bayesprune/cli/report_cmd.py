@@ -73,5 +73,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         title=f"bayesprune report: {run.root.name} ({type(net.module).__name__}, "
         f"{net.prior.name} prior, {guide.name} guide)",
     )
-    print(html)
+    a = idata.posterior.attrs
+    if "accuracy_point" in a:  # classification
+        print(
+            f"diagnostics ({a['num_samples']} draws from q on {a['n_examples']} {a['split']} "
+            f"examples): accuracy posterior point {100 * a['accuracy_point']:.2f}%, "
+            f"posterior predictive {100 * a['accuracy_predictive']:.2f}%; "
+            f"ECE {100 * a['ece_predictive']:.2f}%; PSIS k-hat {a['psis_khat']:.2f}"
+        )
+    print(f"ArviZ InferenceData: {run.root / 'idata.nc'}")
+    print(f"report: {html}")
     return 0

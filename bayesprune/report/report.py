@@ -99,6 +99,12 @@ def _elbo(d: _Inputs):
             else "Lower is better; its decrease flattens as the fit converges."
         )
     )
+    if d.result is not None and getattr(d.result, "removed", None):
+        caption += (
+            " Units were removed during the fit: each removal drops the removed weights' "
+            "prior terms (their normalising constants included) from the objective, so it "
+            "steps down at the epochs where units were cut, beyond what the fit improved."
+        )
     return plots.elbo_trace(steps, values, label=label), caption
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -74,7 +75,14 @@ def test_report_writes_html_and_idata(reported):
     run, (fcode, _, ferr), (code, out, err) = reported
     assert (fcode, code) == (0, 0), ferr + err
     html = run / "report" / "report.html"
-    assert out.strip() == str(html) and html.is_file()
+    lines = out.strip().splitlines()
+    assert lines[-1] == f"report: {html}" and html.is_file()
+    assert lines[-2] == f"ArviZ InferenceData: {run / 'idata.nc'}"
+    assert re.fullmatch(
+        r"diagnostics \(8 draws from q on \d+ test examples\): accuracy posterior point "
+        r"\d+\.\d\d%, posterior predictive \d+\.\d\d%; ECE \d+\.\d\d%; PSIS k-hat \S+",
+        lines[-3],
+    ), lines[-3]
     assert (run / "report" / "report.md").is_file()
     assert (run / "report" / "elbo.png").is_file()
     idata = az.from_netcdf(run / "idata.nc")
