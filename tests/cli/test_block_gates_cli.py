@@ -1,8 +1,6 @@
 """``bayesprune fit`` + ``extract`` with block gates on a tiny ResNet-20 (synthetic data),
 and the shipped ``models/blockgates-resnet20.toml`` spec."""
 
-import contextlib
-import io
 import json
 import tomllib
 from pathlib import Path
@@ -11,10 +9,10 @@ import pytest
 import torch
 
 from bayesprune.blocks import Shortcut
-from bayesprune.cli.main import main
 from bayesprune.cli.spec import Spec
 from bayesprune.data import get_dataset
 from bayesprune.export.pruned_network import load_pruned
+from tests.helpers import run_main
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -50,13 +48,6 @@ role_lr = { gate = 0.5 }
 [collapse]
 threshold = 0.5
 """
-
-
-def run_main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_fit_and_extract_remove_blocks(tmp_path):

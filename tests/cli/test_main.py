@@ -4,9 +4,7 @@ One module-scoped run (``fit`` then ``extract``) is shared; tests that change a 
 folder work on their own copy of it.
 """
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 from pathlib import Path
@@ -18,20 +16,11 @@ from bayesprune.cli.main import main
 from bayesprune.data import get_dataset
 from bayesprune.export.pruned_network import load_pruned
 from bayesprune.inference import load_checkpoint
+from tests.helpers import TINY_SPEC_HEAD, run_main
 
-SPEC = """\
-[network]
-name = "lenet300"
-width = 0.1              # 784-30-10-10
-
-[data]
-name = "synthetic"
-n_train = 64
-n_val = 16
-n_test = 32
-input_shape = [1, 28, 28]
-n_classes = 10
-
+SPEC = (
+    TINY_SPEC_HEAD
+    + """
 [prior]
 name = "halo"
 per = "unit"             # structured: extract removes units
@@ -45,6 +34,7 @@ lr = 1e-2
 [collapse]
 keep = 0.5
 """
+)
 
 DATA = {
     "n_train": 64,
@@ -53,13 +43,6 @@ DATA = {
     "input_shape": [1, 28, 28],
     "n_classes": 10,
 }
-
-
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

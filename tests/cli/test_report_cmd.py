@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 
@@ -11,22 +9,12 @@ import pytest
 import torch
 
 from bayesprune.cli.fitted import load_fitted, read_elbo
-from bayesprune.cli.main import main
 from bayesprune.diagnostics._arviz import az
+from tests.helpers import TINY_SPEC_HEAD, run_main
 
-SPEC = """\
-[network]
-name = "lenet300"
-width = 0.1              # 784-30-10-10
-
-[data]
-name = "synthetic"
-n_train = 64
-n_val = 16
-n_test = 32
-input_shape = [1, 28, 28]
-n_classes = 10
-
+SPEC = (
+    TINY_SPEC_HEAD
+    + """
 [prior]
 name = "gates"
 gamma = 0.2
@@ -45,13 +33,7 @@ remove_dead = true
 [collapse]
 threshold = 0.5
 """
-
-
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+)
 
 
 @pytest.fixture(scope="module")

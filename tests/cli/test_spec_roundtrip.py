@@ -9,8 +9,6 @@ during the fit -- the case whose keep-sets were once saved in the shrunk network
 indexing, so that ``bayesprune extract`` wrote a network that could not be loaded back.
 """
 
-import contextlib
-import io
 import json
 import tomllib
 from pathlib import Path
@@ -22,6 +20,7 @@ import bayesprune.cli.main as cli
 from bayesprune.cli.spec import Spec
 from bayesprune.export import load
 from bayesprune.inference import load_checkpoint
+from tests.helpers import run_main
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SPECS = sorted(MODELS.glob("*.toml"))
@@ -72,13 +71,6 @@ def tiny(raw: dict) -> tuple[dict, tuple[int, ...]]:
         # prices for 64 examples, not 55,000: some units (blocks) close, others stay open
         raw["prior"]["gamma"] = 0.01
     return raw, shape
-
-
-def run_main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(autouse=True)

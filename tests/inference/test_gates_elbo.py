@@ -33,6 +33,7 @@ from bayesprune.guides.base import key
 from bayesprune.inference import FusedELBO, TraceELBO
 from bayesprune.nn import Gaussian as GaussianLikelihood
 from bayesprune.priors import HALO, Gaussian, UnitGates
+from tests.helpers import assert_fused_equals_trace
 
 F64 = torch.float64
 
@@ -293,14 +294,7 @@ def test_halo_weights_under_fixed_gates_fused_equals_trace(guide_name, per):
     x, y = torch.randn(5, 2, dtype=F64), torch.tensor([0, 1, 2, 0, 1])
     params = [p for n, p in guide.named_parameters() if not n.startswith("gate_probs")]
     params += [p for _, p in net.deterministic_parameters()]
-    out = {}
-    for est in (FusedELBO(), TraceELBO()):
-        torch.manual_seed(11)
-        loss = est(net, guide, x, y, 50)
-        out[est.name] = (loss.detach(), torch.autograd.grad(loss, params))
-    torch.testing.assert_close(out["fused"][0], out["trace"][0], rtol=1e-10, atol=1e-10)
-    for a, b in zip(out["fused"][1], out["trace"][1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    assert_fused_equals_trace(net, guide, x, y, 50, params, seed=11, tol=1e-9)
 
 
 # --- fitting -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from bayesprune.guides.base import key
 from bayesprune.priors import UnitGates
 from bayesprune.pruning.extract import masked_copy
 from bayesprune.zoo import build
+from tests.helpers import mlp_bn, randomise_batchnorm
 
 
 class ConvBN(nn.Module):
@@ -46,23 +47,6 @@ class ConvReluBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.bn(torch.relu(self.conv(x))).flatten(1))
-
-
-def mlp_bn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)
-    )
-
-
-def randomise_batchnorm(module: nn.Module) -> None:
-    """Running statistics and affine parameters away from their defaults."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
 
 
 # --- gate placement ---------------------------------------------------------------------

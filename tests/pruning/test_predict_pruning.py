@@ -20,22 +20,12 @@ from bayesprune.guides import MAP, MeanField
 from bayesprune.guides.base import key
 from bayesprune.priors import HALO, UnitGates
 from bayesprune.pruning import KeepSet, PruningForecast, collapse, extract, predict_pruning
+from tests import helpers
+from tests.helpers import randomise_batchnorm
 
 
 def mlp_bn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(8, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)
-    )
-
-
-def randomise_batchnorm(module: nn.Module) -> None:
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
+    return helpers.mlp_bn((8, 6, 5, 3))
 
 
 def set_gates(guide, thetas: dict[str, list[float]]) -> None:
