@@ -229,6 +229,19 @@ def _collapse_by_inclusion(
     )
 
 
+def _closed(
+    net: BayesianNet, point: dict[str, Tensor], name: str, refilled: Tensor
+) -> Tensor | None:
+    """Units kept only to honour ``min_units`` whose gate is closed at the point estimate:
+    the collapsed model has them at 0, so the extracted network must too (turning them on
+    would run units the fit switched off)."""
+    gate = next((s for s in net.layer_sites[name] if s.role == "gate"), None)
+    if gate is None:
+        return None
+    closed = refilled & (point[gate.name].to(refilled.device) == 0)
+    return closed.nonzero().flatten().cpu() if bool(closed.any()) else None
+
+
 def _keepsets(
     net: BayesianNet,
     point: dict[str, Tensor],
@@ -253,10 +266,13 @@ def _keepsets(
         elif mask.shape == layer.weight.shape:
             ks = KeepSet(weight_mask=mask.cpu(), values=values)
         elif mask.dim() == 1 and mask.numel() == layer.weight.shape[0]:
+            zeroed = None
             if int(mask.sum()) < min_units:
+                chosen = mask
                 mask = best(name, min(min_units, mask.numel()))
+                zeroed = _closed(net, point, name, mask & ~chosen)
             units = mask.nonzero().flatten().cpu()
-            ks = KeepSet(units=units, n_units=mask.numel(), values=values)
+            ks = KeepSet(units=units, n_units=mask.numel(), values=values, zeroed=zeroed)
         else:
             raise ValueError(
                 f"collapse: scores of layer {name!r} have shape {tuple(mask.shape)}, neither the "

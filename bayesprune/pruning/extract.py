@@ -235,6 +235,14 @@ def _zero_out_channels(dg: tp.DependencyGraph, group: tp.DependencyGroup) -> Non
             m.running_mean.index_fill_(0, idx, 0.0)
 
 
+def _zero_kept_units(module: nn.Module, dg: tp.DependencyGraph, keep: dict[str, KeepSet]) -> None:
+    """Zero the outputs of kept units marked ``zeroed`` (and of what is coupled to them)."""
+    for name, ks in keep.items():
+        if ks.zeroed is not None:
+            layer = module.get_submodule(name)
+            _zero_out_channels(dg, _group(dg, layer, ks.zeroed.tolist()))
+
+
 @torch.no_grad()
 def _apply_values_and_masks(module: nn.Module, keep: dict[str, KeepSet]) -> None:
     for name, ks in keep.items():
@@ -318,6 +326,7 @@ def masked_copy(
     keep = _identity_blocks(module, keep)
     if any(k.units is not None for k in keep.values()):
         dg = _dependency_graph(module, example_input)
+        _zero_kept_units(module, dg, keep)
         for layer, drop in _plan(module, dg, keep):
             _zero_out_channels(dg, _group(dg, layer, drop))
     return module
@@ -354,6 +363,7 @@ def extract(
     keep = _identity_blocks(module, keep, replace=True, check_on=example_input if check else None)
     if any(k.units is not None for k in keep.values()):
         dg = _dependency_graph(module, example_input)
+        _zero_kept_units(module, dg, keep)
         plan = _plan(module, dg, keep)
         for layer, drop in plan:  # out-channels of planned layers are untouched by earlier groups
             _zero_out_channels(dg, _group(dg, layer, drop))

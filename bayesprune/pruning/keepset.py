@@ -11,7 +11,11 @@ four things about a layer, any combination of them:
   named keep the module's own values;
 - ``identity``: for a residual block, that the whole block is removed and
   replaced by its shortcut (block gates; ``n_units=1`` counts the block as one
-  element).
+  element);
+- ``zeroed``: kept units whose output is zeroed rather than removed -- a unit
+  whose gate is closed but that is kept so its layer is not emptied
+  (``collapse(min_units=1)``): the network keeps its shape and computes what the
+  collapsed model computes, with that unit at 0.
 
 >>> import torch
 >>> k = KeepSet(units=torch.tensor([0, 2]), n_units=3)
@@ -40,6 +44,8 @@ class KeepSet:
     #: posterior inclusion probability of every prunable element of the layer (shaped like
     #: its collapse scores), when the keep-set came from ``collapse(rule="inclusion")``
     p_keep: Tensor | None = None
+    #: kept units (a subset of ``units``) whose outputs are zeroed, not removed
+    zeroed: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.weight_mask is not None and (
@@ -65,6 +71,13 @@ class KeepSet:
             ):
                 raise ValueError(f"KeepSet.units out of range [0, {self.n_units}): {u.tolist()}")
             self.units = torch.unique(u)  # sorted, no repeats
+        if self.zeroed is not None:
+            z = torch.unique(torch.as_tensor(self.zeroed, dtype=torch.long).flatten())
+            if self.units is None or bool((~torch.isin(z, self.units)).any()):
+                raise ValueError(
+                    f"KeepSet.zeroed must be a subset of the kept units, got {z.tolist()}"
+                )
+            self.zeroed = z if z.numel() else None
 
     @property
     def n_kept(self) -> int:

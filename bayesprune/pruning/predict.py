@@ -165,6 +165,8 @@ def _draw_masks(
         elif ks is not None and ks.units is not None:
             m.zero_()
             m[ks.units] = True
+            if ks.zeroed is not None:  # kept in shape, gate closed
+                m[ks.zeroed] = False
         masks[s.name] = m.to(net.device)
     return masks
 

@@ -173,3 +173,28 @@ def test_hard_gated_network_equals_the_extracted_one(case):
         before = net.module.get_submodule(name).weight.shape[0]
         assert small.get_submodule(name).weight.shape[0] == before - n_dropped
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_a_layer_with_every_gate_closed_keeps_one_unit_at_zero(bn):
+    """``min_units=1`` keeps one unit of a layer whose gates are all closed; the collapsed
+    model has it at 0, and so must the extracted network (not switched back on)."""
+    torch.manual_seed(0)
+    module = mlp_bn() if bn else nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2))
+    if bn:
+        randomise_batchnorm(module)
+    module.eval()
+    net = sparsify(module, UnitGates(), layers="0", example_input=torch.randn(2, 5))
+    guide = MAP(net)
+    with torch.no_grad():
+        guide.gate_probs[key("0.gate")].zero_()
+    keep = collapse(net, guide)
+    assert keep["0"].n_kept == 1 and keep["0"].zeroed is not None
+    assert keep["0"].zeroed.tolist() == keep["0"].units.tolist()
+    x = torch.randn(7, 5)
+    expected = net.predict(guide.point(), x)  # the hard-gated network: layer 0 all off
+    small = extract(net, keep)
+    assert small[0].out_features == 1
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), expected)
+        torch.testing.assert_close(masked_copy(net, keep)(x), expected)

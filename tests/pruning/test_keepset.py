@@ -123,3 +123,10 @@ def test_values_default_is_a_fresh_dict():
     a, b = KeepSet(), KeepSet()
     a.values["weight"] = torch.zeros(1)
     assert b.values == {}
+
+
+def test_zeroed_units_must_be_kept_units():
+    k = KeepSet(units=torch.tensor([0, 2]), n_units=3, zeroed=torch.tensor([2]))
+    assert k.zeroed.tolist() == [2] and k.n_kept == 2
+    with pytest.raises(ValueError, match="zeroed must be a subset"):
+        KeepSet(units=torch.tensor([0, 2]), n_units=3, zeroed=torch.tensor([1]))
