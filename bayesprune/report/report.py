@@ -58,12 +58,19 @@ def original_network(net: BayesianNet, original: nn.Module | None = None) -> nn.
         from bayesprune.zoo import from_config
 
         with torch.random.fork_rng(devices=[]):
-            return from_config(dict(config))
+            return from_config(dict(config)).to(net.device)
     raise ValueError(
         "report: units were removed from the network during fit(remove_dead=True), so "
         "net.module is no longer the original architecture, and it has no zoo 'config' to "
         "rebuild it from; pass original=<the network as built, before fitting>"
     )
+
+
+def _on_device_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the device of ``module``'s first parameter (unchanged for a parameter-free one)."""
+    for p in module.parameters():
+        return x.to(p.device)
+    return x
 
 
 def paired_latency(
@@ -303,8 +310,9 @@ def report(
     was = before_net.training, extracted.training
     before_net.eval()
     extracted.eval()
-    before = summarize(before_net, example, measure=False)
-    after = summarize(extracted, example, measure=False)
+    # the original may be rebuilt (or passed) on the CPU while the fitted net is on a GPU
+    before = summarize(before_net, _on_device_of(before_net, example), measure=False)
+    after = summarize(extracted, _on_device_of(extracted, example), measure=False)
     if measure_latency:
         before["latency"], after["latency"] = paired_latency(before_net, extracted, example)
     before_net.train(was[0])
