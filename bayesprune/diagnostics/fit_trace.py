@@ -5,7 +5,9 @@ From a :class:`~bayesprune.inference.FitResult`:
 - ``elbo`` on ``("step",)`` (coordinate: the global step): the per-example negative
   ELBO (the negative log joint for a MAP guide) of every logged window;
 - ``loss_epoch`` on ``("epoch",)`` (coordinate: 1, 2, ...): each epoch's mean;
-- ``lr`` on ``("epoch",)`` when the history records one (``history[i]["lr"]``);
+- ``lr`` on ``("epoch", "role")`` when the history records the learning rate per
+  parameter role (``history[i]["lr"]``, as :func:`bayesprune.fit` does), or on
+  ``("epoch",)`` for one number per epoch;
 - ``val_accuracy`` on ``("epoch",)`` when the fit validated;
 - ``units_alive`` on ``("epoch", "layer")`` when the history counts units alive per layer.
 
@@ -41,6 +43,20 @@ def _per_epoch(history: list[dict[str, Any]], key: str) -> np.ndarray | None:
     return np.asarray([float(h[key]) for h in history], dtype=np.float64)
 
 
+def _learning_rates(history: list[dict[str, Any]], epochs: dict[str, Any]) -> xr.DataArray | None:
+    """``lr`` per epoch and role (dicts in the history) or per epoch (numbers)."""
+    if history and all(isinstance(h.get("lr"), dict) for h in history):
+        roles = list(history[-1]["lr"])
+        table = [[float(h["lr"].get(r, np.nan)) for r in roles] for h in history]
+        return xr.DataArray(
+            np.asarray(table, dtype=np.float64),
+            dims=("epoch", "role"),
+            coords={**epochs, "role": np.asarray(roles, dtype=str)},
+        )
+    values = _per_epoch(history, "lr")
+    return None if values is None else xr.DataArray(values, dims=("epoch",), coords=epochs)
+
+
 def fit_trace(result: Any) -> dict[str, xr.DataArray]:
     """``sample_stats`` variables from a ``FitResult`` (empty for ``None``)."""
     if result is None:
@@ -54,10 +70,13 @@ def fit_trace(result: Any) -> dict[str, xr.DataArray]:
         )
     history = list(result.history)
     epochs = {"epoch": _epochs(history)}
-    for name, key in (("loss_epoch", "loss"), ("lr", "lr"), ("val_accuracy", "val_accuracy")):
+    for name, key in (("loss_epoch", "loss"), ("val_accuracy", "val_accuracy")):
         values = _per_epoch(history, key)
         if values is not None:
             out[name] = xr.DataArray(values, dims=("epoch",), coords=epochs)
+    lr = _learning_rates(history, epochs)
+    if lr is not None:
+        out["lr"] = lr
     if history and all(isinstance(h.get("units"), dict) for h in history):
         layers = list(history[-1]["units"])
         table = np.asarray(

@@ -327,6 +327,11 @@ def fit(
                 "epoch": state.epoch + 1,
                 "loss": float(epoch_sum) / max(state.step_in_epoch, 1),
                 "seconds": seconds,
+                # learning rate per parameter role at the end of the epoch (after the schedule)
+                "lr": {
+                    g.get("role", f"group{i}"): float(g["lr"])
+                    for i, g in enumerate(state.optimizer.param_groups)
+                },
             }
             if validate and data.val is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(net, guide, data.val).items()})

@@ -21,7 +21,8 @@ class FitResult:
     :ivar elbo: per-example negative ELBO, one value every ``log_every`` steps.
     :ivar elbo_steps: the global step of each ``elbo`` value.
     :ivar history: one dict per epoch: ``epoch``, ``loss`` (mean per-example -ELBO),
-        ``seconds``, validation metrics, ``kept`` fraction and anything callbacks add.
+        ``seconds``, ``lr`` (learning rate per parameter role at the epoch's end), validation
+        metrics, ``kept`` fraction and anything callbacks add.
     :ivar checkpoint: path of the last checkpoint written, if any.
     :ivar stopped_early: a callback stopped the fit before ``epochs``.
     :ivar removed: units removed during the fit (``fit(..., remove_dead=True)``): for each

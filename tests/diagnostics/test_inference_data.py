@@ -240,6 +240,9 @@ def test_fit_trace_in_sample_stats(gated, data):
     units = [h["units"]["hidden"] for h in result.history]
     assert stats["units_alive"].sel(layer="hidden").values.tolist() == units
     assert stats["log_weight"].dims == ("chain", "draw")
+    assert stats["lr"].dims == ("epoch", "role")
+    assert stats["lr"].sel(role="gate").values.tolist() == [0.1] * 4  # role_lr, no schedule
+    assert set(stats["lr"]["role"].values) == {"gate", "weight", "deterministic"}
     bare = diagnose(net, result.guide, data, num_samples=2).sample_stats
     assert set(bare.data_vars) == {"log_weight"}
 
