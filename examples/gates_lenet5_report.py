@@ -59,5 +59,8 @@ print(
 )
 
 small = bp.extract(net, keep)
-path = bp.report(net, result, idata, out=out, extracted=small, keep=keep, measure_latency=not smoke)
+# data=: the report sets the forecast next to the extracted network's measured accuracy
+path = bp.report(
+    net, result, idata, out=out, extracted=small, keep=keep, data=data, measure_latency=not smoke
+)
 print(f"report: {path}")

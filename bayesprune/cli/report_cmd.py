@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesprune.cli.fitted import load_fitted
+from bayesprune.data import Dataset
 from bayesprune.export.safetensors_io import atomic_output
 from bayesprune.pruning import collapse
 
@@ -37,6 +38,12 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
         help="diagnose only the first N examples of the split (default: all; each draw is "
         "one pass over them)",
     )
+    r.add_argument(
+        "--forecast-samples",
+        type=int,
+        default=16,
+        help="posterior draws for the pruning forecast on the validation split (16; 0: none)",
+    )
     r.add_argument("--data-root", type=Path, help="folder holding the data set files")
     r.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     return r
@@ -48,6 +55,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.forecast_samples < 0:
+        raise ValueError(f"--forecast-samples must be >= 0, got {args.forecast_samples}")
     fitted = load_fitted(args.run, args.data_root)
     run, spec, net, guide = fitted.run, fitted.spec, fitted.net, fitted.guide
     result = fitted.result()
@@ -69,6 +78,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         out=run.root / "report",
         keep=keep,
         original=spec.build_network(),
+        data=_forecast_data(fitted.data, args.max_examples) if args.forecast_samples else None,
+        forecast_samples=args.forecast_samples,
         measure_latency=not args.no_latency,
         title=f"bayesprune report: {run.root.name} ({type(net.module).__name__}, "
         f"{net.prior.name} prior, {guide.name} guide)",
@@ -84,3 +95,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"ArviZ InferenceData: {run.root / 'idata.nc'}")
     print(f"report: {html}")
     return 0
+
+
+def _forecast_data(data: Dataset, max_examples: int | None) -> Dataset | tuple:
+    """The split the forecast is scored on (validation, else test), cut to ``max_examples``."""
+    if max_examples is None:
+        return data
+    part = data.val if data.val is not None and len(data.val) else data.test
+    if part is None:
+        return data
+    return part.x[:max_examples], part.y[:max_examples]

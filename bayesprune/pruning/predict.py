@@ -89,7 +89,9 @@ class PruningForecast:
         return dataclasses.asdict(self)
 
 
-def _split(data: Any) -> tuple[Tensor, Tensor, str]:
+def forecast_split(data: Any) -> tuple[Tensor, Tensor, str]:
+    """The ``(x, y, split name)`` :func:`predict_pruning` scores on: a Dataset's val split
+    (else test), or the given pair / Split (``"given"``)."""
     if isinstance(data, Dataset):
         for name in ("val", "test"):
             part = getattr(data, name)
@@ -252,7 +254,7 @@ def predict_pruning(
     :raises TypeError: for a ``data``, ``keep``, ``net`` or ``guide`` of the wrong type.
     """
     _check(net, guide, keep, num_samples, seed, batch_size)
-    x, y, split = _split(data)
+    x, y, split = forecast_split(data)
     if x.shape[0] == 0:
         raise ValueError("predict_pruning: data has no examples")
     device = net.device

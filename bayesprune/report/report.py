@@ -28,6 +28,7 @@ from bayesprune.metrics import compare_latency, summarize
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning import KeepSet, collapse, extract
 from bayesprune.pruning.live import unit_origin
+from bayesprune.pruning.predict import forecast_split, predict_pruning
 from bayesprune.report import collect, plots
 from bayesprune.report.collect import Missing
 from bayesprune.report.content import Content, FigureEntry
@@ -64,6 +65,40 @@ def original_network(net: BayesianNet, original: nn.Module | None = None) -> nn.
         "net.module is no longer the original architecture, and it has no zoo 'config' to "
         "rebuild it from; pass original=<the network as built, before fitting>"
     )
+
+
+def forecast_rows(
+    net: BayesianNet,
+    guide: Any,
+    keep: dict[str, KeepSet],
+    extracted: nn.Module,
+    data: Any,
+    num_samples: int,
+) -> list[tuple[str, str, str]]:
+    """Key-number rows: the accuracy :func:`predict_pruning` forecasts for ``keep`` before
+    extraction, and the accuracy of ``extracted`` measured on the same examples."""
+    f = predict_pruning(net, guide, keep, data, num_samples=num_samples)
+    x, y, split = forecast_split(data)
+    was = extracted.training
+    extracted.eval()
+    with torch.inference_mode():
+        out = torch.cat([extracted(_on_device_of(extracted, xb)) for xb in x.split(1024)])
+    extracted.train(was)
+    measured = float((out.argmax(-1).cpu() == y.cpu()).double().mean())
+    where = f"{split} split, {len(y)} examples"
+    return [
+        (
+            "Forecast accuracy after pruning",
+            f"{100 * f.accuracy_point:.2f}%",
+            f"before extraction: {where}; over {num_samples} posterior draws pruning changes "
+            f"accuracy by {100 * f.accuracy_change:+.2f} ± {100 * f.accuracy_change_se:.2f} pt",
+        ),
+        (
+            "Measured accuracy, extracted network",
+            f"{100 * measured:.2f}%",
+            f"{where}; measured − forecast = {100 * (measured - f.accuracy_point):+.2f} pt",
+        ),
+    ]
 
 
 def _on_device_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +299,8 @@ def report(
     keep: dict[str, KeepSet] | None = None,
     original: nn.Module | None = None,
     example_input: torch.Tensor | None = None,
+    data: Any = None,
+    forecast_samples: int = 32,
     measure_latency: bool = True,
     title: str | None = None,
 ) -> Path:
@@ -285,6 +322,11 @@ def report(
         removed during the fit and ``net.module`` has no zoo ``config`` (see
         :func:`original_network`).
     :param example_input: a batch for FLOPs and latency (default ``net.example_input``).
+    :param data: held-out data (as for :func:`~bayesprune.predict_pruning`: a Dataset's val
+        split, else test, or an ``(x, y)`` pair). With it the report sets the accuracy
+        :func:`~bayesprune.predict_pruning` forecasts for the keep-set before extraction
+        next to the accuracy of the extracted network measured on the same examples.
+    :param forecast_samples: posterior draws of that forecast.
     :param measure_latency: time both networks on the CPU (slow-ish; off for tests).
     :param title: the report's title (default: from the prior and guide).
     :returns: the path of ``report.html``.
@@ -339,6 +381,11 @@ def report(
 
     content = Content(title=title or _title(net, attrs))
     content.numbers = key_number_rows(attrs, chosen)
+    if data is not None:
+        guide = getattr(result, "guide", None)
+        if guide is None or keep is None:
+            raise ValueError("report: data= needs result (with its guide) and keep-sets")
+        content.numbers += forecast_rows(net, guide, keep, extracted, data, forecast_samples)
     content.settings = setting_rows(attrs)
     content.notes += explanations(attrs)
     content.layers = [(n, b, a) for n, (b, a) in widths.items()]

@@ -8,11 +8,12 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
+from bayesprune.data import synthetic_classification
 from bayesprune.metrics import summarize
-from bayesprune.pruning import collapse, extract
+from bayesprune.pruning import collapse, extract, predict_pruning
 from bayesprune.report import report
 from bayesprune.report.numbers import khat_verdict
-from tests.report.conftest import _mlp
+from tests.report.conftest import DATA, _mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -186,3 +187,31 @@ def test_report_from_a_netcdf_round_trip(gates_run, gates_report, tmp_path):
     html = report(net, result, loaded, out=tmp_path / "r", original=_mlp(), measure_latency=False)
     strip = lambda page: re.sub(r'src="data:[^"]*"', "", page)  # noqa: E731
     assert strip(html.read_text()) == strip(gates_report[1].read_text())
+
+
+def test_forecast_sits_next_to_the_measured_accuracy(gates_run, tmp_path):
+    """With data=, the key numbers hold predict_pruning's forecast for the keep-set and the
+    extracted network's accuracy measured on the same split -- equal, as extract reproduces
+    the collapsed network."""
+    net, result, idata = gates_run
+    data = synthetic_classification(192, 64, 96, **DATA)
+    keep = collapse(net, result.guide)
+    page = report(
+        net,
+        result,
+        idata,
+        out=tmp_path,
+        keep=keep,
+        data=data,
+        original=_mlp(),
+        measure_latency=False,
+    ).read_text()
+    forecast = predict_pruning(net, result.guide, keep, data, num_samples=32)
+    small = extract(net, keep).eval()
+    with torch.no_grad():
+        measured = float((small(data.val.x).argmax(-1) == data.val.y).double().mean())
+    assert measured == pytest.approx(forecast.accuracy_point)
+    assert f"{100 * forecast.accuracy_point:.2f}%" in page
+    assert (
+        "Measured accuracy, extracted network" in page and "measured − forecast = +0.00 pt" in page
+    )
