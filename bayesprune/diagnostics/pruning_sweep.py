@@ -15,6 +15,7 @@ predictive (model average over that many guide draws with the dropped elements o
 >>> from bayesprune import sparsify
 >>> from bayesprune.priors import HALO
 >>> from bayesprune.guides import MAP
+>>> _ = torch.manual_seed(0)
 >>> net = sparsify(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), HALO())
 >>> x, y = torch.randn(20, 4), torch.randint(0, 2, (20,))
 >>> sweep = pruning_sweep(net, MAP(net), x, y, n_points=3)
