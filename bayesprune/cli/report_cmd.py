@@ -14,11 +14,12 @@ is none), saves ``RUN_DIR/idata.nc``, collapses with the spec's ``[collapse]`` s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from bayesprune.cli.fitted import load_fitted
-from bayesprune.data import Dataset
+from bayesprune.data import Dataset, Split
 from bayesprune.export.safetensors_io import atomic_output
 from bayesprune.pruning import collapse
 
@@ -97,11 +98,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forecast_data(data: Dataset, max_examples: int | None) -> Dataset | tuple:
-    """The split the forecast is scored on (validation, else test), cut to ``max_examples``."""
+def _forecast_data(data: Dataset, max_examples: int | None) -> Dataset:
+    """The data the forecast is scored on (its validation split, else test), each held-out
+    split cut to ``max_examples``."""
     if max_examples is None:
         return data
-    part = data.val if data.val is not None and len(data.val) else data.test
-    if part is None:
-        return data
-    return part.x[:max_examples], part.y[:max_examples]
+    cut = {
+        name: Split(part.x[:max_examples], part.y[:max_examples])
+        for name in ("val", "test")
+        if (part := getattr(data, name)) is not None
+    }
+    return dataclasses.replace(data, **cut)

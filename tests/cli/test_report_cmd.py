@@ -78,6 +78,8 @@ def test_report_uses_the_fit_trace_and_the_spec_collapse(reported):
     page = (run / "report" / "report.html").read_text()
     history = json.loads((run / "history.json").read_text())
     assert "Units alive during training." in page  # drawn from history.json's units
+    assert "Measured accuracy, extracted network" in page  # the forecast's check
+    assert re.search(r"Forecast accuracy after pruning.*val split, 16 examples", page, re.S)
     assert sum(history[0]["removed"].values()) > 0  # the run lost units: replayed on load
     fitted = load_fitted(run)
     result = fitted.result()
