@@ -155,15 +155,13 @@ class Guide(nn.Module, ABC):
             p.clamp_(lo, hi)
 
     @torch.no_grad()
-    def _project_if_needed(self) -> None:
-        """:meth:`project_` only the parameters outside their bounds (the Pyro guide's
-        entry; an in-place change of a parameter already used in a graph would break its
-        backward, e.g. between the particles of one ELBO)."""
+    def _project_data_(self) -> None:
+        """:meth:`project_` on ``.data`` -- the Pyro guide's entry: no host sync, and no
+        autograd version bump, so a parameter already saved by a graph (an earlier particle
+        of the same ELBO) stays valid; there it is a no-op on values already in bounds, and
+        only values a step pushed out change."""
         for p, lo, hi in self.bounds():
-            if (lo is not None and bool((p < lo).any())) or (
-                hi is not None and bool((p > hi).any())
-            ):
-                p.clamp_(lo, hi)
+            p.data.clamp_(lo, hi)
 
     def site_parameters(self, site: Site) -> list[nn.Parameter]:
         """The guide parameters that belong to ``site`` (e.g. its loc and scale)."""
@@ -187,7 +185,7 @@ class Guide(nn.Module, ABC):
         """The Pyro guide (takes and ignores the model's arguments): projects what a step
         pushed out of its support, exposes the parameters to Pyro's param store, then one
         ``pyro.sample`` per site in model order."""
-        self._project_if_needed()
+        self._project_data_()
         expose(self.pyro_prefix, self.named_parameters())
         return {s.name: pyro.sample(s.name, self.site_distribution(s)) for s in self.sites}
 

@@ -125,3 +125,23 @@ def test_a_stale_param_store_entry_is_replaced_by_the_guide_parameter():
     for n in store:
         assert store._params[n] is not old.get(n)
     assert {id(store._params[n]) for n in store} == {id(p) for p in _trained(net2, g2).values()}
+
+
+def test_several_particles_before_one_backward_with_projected_parameters():
+    """The Pyro guide projects on every call; ``differentiable_loss`` with several particles
+    runs it several times before one backward, so the projection must not touch the
+    version of a tensor an earlier particle's graph saved (an in-place clamp would)."""
+    data = synthetic_classification(n_train=N, input_shape=(8,), n_classes=3, seed=1)
+    net = bp.sparsify(mlp(), UnitGates(gamma=2.0, weight_prior=HALO(xi=1e-3, psi=1e-3)))
+    g = MAP(net, positive="projected")
+    elbo = Trace_ELBO(num_particles=3)
+    opt = torch.optim.Adam(g.parameters(), lr=0.5)
+    for _ in range(3):  # big steps push parameters out of their bounds between calls
+        loss = elbo.differentiable_loss(net.model, g, data.train.x, data.train.y, n_data=N)
+        opt.zero_grad()
+        loss.backward()  # raises if a saved tensor was modified in place
+        opt.step()
+    g(data.train.x)
+    for p, lo, hi in g.bounds():
+        assert float(p.detach().min()) >= lo
+        assert hi is None or float(p.detach().max()) <= hi
