@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Content", "FigureEntry"]
+__all__ = ["INCLUSION_HEAD", "Content", "FigureEntry", "inclusion_rows"]
 
 
 @dataclass
@@ -49,3 +49,31 @@ class Content:
     inclusion: list[dict[str, Any]] = field(default_factory=list)
     figures: list[FigureEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+#: columns of the per-layer inclusion table (numbers in columns 1-6)
+INCLUSION_HEAD = [
+    "layer",
+    "elements",
+    "mean p",
+    "p ≥ 0.5",
+    "p ≥ 0.9",
+    "p < 0.1",
+    "kept by collapse",
+]
+
+
+def inclusion_rows(c: Content) -> list[list[Any]]:
+    """The per-layer inclusion table's rows, shared by the HTML and Markdown renderers."""
+    return [
+        [
+            r["layer"] or "(root)",
+            f"{r['n']} {r['element']}",
+            f"{r['mean']:.3f}",
+            r["ge_0.5"],
+            r["ge_0.9"],
+            r["lt_0.1"],
+            "-" if r["kept"] is None else r["kept"],
+        ]
+        for r in c.inclusion
+    ]

@@ -13,7 +13,7 @@ import base64
 from html import escape
 from typing import Any
 
-from bayesprune.report.content import Content, FigureEntry
+from bayesprune.report.content import INCLUSION_HEAD, Content, FigureEntry, inclusion_rows
 
 __all__ = ["render_html"]
 
@@ -105,30 +105,7 @@ def render_html(c: Content) -> str:
     if c.inclusion:
         parts += [
             "<h2>Inclusion probabilities per layer</h2>",
-            _table(
-                [
-                    "layer",
-                    "elements",
-                    "mean p",
-                    "p ≥ 0.5",
-                    "p ≥ 0.9",
-                    "p < 0.1",
-                    "kept by collapse",
-                ],
-                [
-                    [
-                        r["layer"] or "(root)",
-                        f"{r['n']} {r['element']}",
-                        f"{r['mean']:.3f}",
-                        r["ge_0.5"],
-                        r["ge_0.9"],
-                        r["lt_0.1"],
-                        "-" if r["kept"] is None else r["kept"],
-                    ]
-                    for r in c.inclusion
-                ],
-                {1, 2, 3, 4, 5, 6},
-            ),
+            _table(INCLUSION_HEAD, inclusion_rows(c), {1, 2, 3, 4, 5, 6}),
         ]
     parts.append("</body></html>\n")
     return "\n".join(parts)

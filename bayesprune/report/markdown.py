@@ -1,6 +1,6 @@
 """``report.md``: the report's summary in Markdown, linking the PNG figures next to it.
 
->>> from bayesprune.report.content import Content, FigureEntry
+>>> from bayesprune.report.content import INCLUSION_HEAD, Content, inclusion_rows, FigureEntry
 >>> c = Content(title="run", figures=[FigureEntry("cost", "Cost", skipped="no data")])
 >>> print(render_markdown(c).splitlines()[0])
 # run
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bayesprune.report.content import Content
+from bayesprune.report.content import INCLUSION_HEAD, Content, inclusion_rows
 
 __all__ = ["render_markdown"]
 
@@ -61,20 +61,5 @@ def render_markdown(c: Content) -> str:
             lines += [f"### {f.title}", "", f"![{f.title}]({f.path.name})", "", f.caption, ""]
     if c.inclusion:
         lines += ["## Inclusion probabilities per layer", ""]
-        lines += _table(
-            ["layer", "elements", "mean p", "p ≥ 0.5", "p ≥ 0.9", "p < 0.1", "kept by collapse"],
-            [
-                [
-                    r["layer"] or "(root)",
-                    f"{r['n']} {r['element']}",
-                    f"{r['mean']:.3f}",
-                    r["ge_0.5"],
-                    r["ge_0.9"],
-                    r["lt_0.1"],
-                    "-" if r["kept"] is None else r["kept"],
-                ]
-                for r in c.inclusion
-            ],
-            {1, 2, 3, 4, 5, 6},
-        )
+        lines += _table(INCLUSION_HEAD, inclusion_rows(c), {1, 2, 3, 4, 5, 6})
     return "\n".join(lines).rstrip() + "\n"
