@@ -5,7 +5,7 @@ prices by the FLOPs and parameters a unit costs, dead units cut out while traini
 the posterior as an ``arviz.InferenceData``, an uncertainty-aware collapse with a
 forecast of what it costs, the extracted network, and ``report.html``.
 
-    python examples/gates_lenet5_report.py                  # Fashion-MNIST, 3 epochs (~1 min on 2 cores)
+    python examples/gates_lenet5_report.py                  # Fashion-MNIST, 3 epochs (~2 min on 2 cores)
     BAYESPRUNE_SMOKE=1 python examples/gates_lenet5_report.py   # seconds, synthetic data
 """
 
@@ -13,14 +13,17 @@ import os
 import tempfile
 from pathlib import Path
 
+import arviz as az
+import torch
+
 import bayesprune as bp
 from bayesprune.data import fashion_mnist, synthetic_classification
-from bayesprune.diagnostics._arviz import az  # arviz, imported without its FutureWarning
 from bayesprune.guides import MAP
 from bayesprune.priors import UnitGates
 from bayesprune.zoo import build
 
 smoke = os.environ.get("BAYESPRUNE_SMOKE") == "1"
+torch.manual_seed(0)  # the network's initial weights (fit seeds its own data order and draws)
 # the report's folder (smoke runs write to a temporary folder)
 out = Path(tempfile.mkdtemp()) / "report" if smoke else Path("runs/example-gates-report")
 
@@ -45,7 +48,10 @@ result = bp.fit(
 print("units alive after the fit:", result.final.get("units"))
 
 # The posterior as ArviZ InferenceData: dims named after LeNet-5's own modules
-idata = bp.diagnose(net, result.guide, data, num_samples=20 if smoke else 100, result=result)
+# each draw is one pass over the examples diagnosed: the first 2000 test images here
+idata = bp.diagnose(
+    net, result.guide, data, num_samples=20 if smoke else 100, result=result, max_examples=2000
+)
 print(az.summary(idata, var_names=["conv1.gate_prob"], kind="stats").head(4))
 print(f"PSIS k-hat: {idata.posterior.attrs['psis_khat']}")
 
@@ -61,6 +67,14 @@ print(
 small = bp.extract(net, keep)
 # data=: the report sets the forecast next to the extracted network's measured accuracy
 path = bp.report(
-    net, result, idata, out=out, extracted=small, keep=keep, data=data, measure_latency=not smoke
+    net,
+    result,
+    idata,
+    out=out,
+    extracted=small,
+    keep=keep,
+    data=data,
+    forecast_samples=8 if smoke else 16,
+    measure_latency=not smoke,
 )
 print(f"report: {path}")
