@@ -27,7 +27,7 @@ from bayesprune.cli.spec import Spec, SpecError
 from bayesprune.export import load
 from bayesprune.export.pruned_network import save_pruned
 from bayesprune.inference import CheckpointError, NonFiniteLossError, evaluate, fit
-from bayesprune.metrics import summarize
+from bayesprune.metrics import paired_latency, summarize
 from bayesprune.pruning import collapse, extract
 
 log = logging.getLogger("bayesprune")
@@ -160,8 +160,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     # "before" is the network as the spec builds it: the same architecture the fit started
     # from, even when units were removed during training (remove_dead)
     original = spec.build_network().eval()
-    before = summarize(original, example, measure=measure)
-    after = summarize(small, example, measure=measure)
+    before = summarize(original, example, measure=False)
+    after = summarize(small, example, measure=False)
+    if measure:  # timed interleaved, so that machine load hits both networks alike
+        before["latency"], after["latency"] = paired_latency(original, small, example)
     layers = {
         name: {"kept": ks.n_kept, "of": _original_size(original, name, ks)}
         for name, ks in keep.items()

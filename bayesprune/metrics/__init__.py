@@ -2,7 +2,8 @@
 
 - :func:`count_parameters`: stored and nonzero parameters, per layer.
 - :func:`count_flops`: dense and sparse multiply-accumulates per example.
-- :func:`measure_latency`, :func:`compare_latency`: wall time per forward.
+- :func:`measure_latency`, :func:`compare_latency`, :func:`paired_latency`: wall time per
+  forward (the last two interleave two networks).
 - :func:`summarize`: all of the above in one JSON-ready dict.
 
 Sparse MACs are what an ideal sparse kernel would do; real speed-ups come
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from bayesprune.metrics.flops import _as_args, count_flops
-from bayesprune.metrics.latency import compare_latency, measure_latency
+from bayesprune.metrics.latency import compare_latency, measure_latency, paired_latency
 from bayesprune.metrics.params import count_parameters, format_table, layer_table
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "format_table",
     "layer_table",
     "measure_latency",
+    "paired_latency",
     "summarize",
 ]
 

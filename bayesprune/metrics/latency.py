@@ -143,6 +143,30 @@ def compare_latency(
     return {"a": stats_a, "b": stats_b, "speedup": stats_a["median"] / stats_b["median"]}
 
 
+def paired_latency(
+    a: nn.Module, b: nn.Module, example: torch.Tensor, batches: tuple[int, ...] = (1, 256)
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Latency of ``a`` and ``b`` at each batch size, timed interleaved
+    (:func:`compare_latency`) so that machine load hits both alike; the examples of
+    ``example`` are cycled to make each batch. Returns the two lists of stats, one per
+    batch size, as :func:`measure_latency` gives them (without the raw samples).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> la, lb = paired_latency(nn.Linear(8, 8), nn.Linear(8, 2), torch.zeros(1, 8), (1, 4))
+    >>> [s["batch_size"] for s in la], [s["batch_size"] for s in lb]
+    ([1, 4], [1, 4])
+    """
+    la, lb = [], []
+    for n in batches:
+        x = example.repeat(-(-n // example.shape[0]), *([1] * (example.dim() - 1)))[:n]
+        r = compare_latency(a, b, x.contiguous())
+        for out, stats in ((la, r["a"]), (lb, r["b"])):
+            stats.pop("samples", None)
+            out.append(stats)
+    return la, lb
+
+
 def _timer(
     module: nn.Module, args: tuple[Any, ...], device: torch.device
 ) -> Callable[[int], float]:

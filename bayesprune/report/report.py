@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bayesprune.export.safetensors_io import atomic_write_bytes
-from bayesprune.metrics import compare_latency, summarize
+from bayesprune.metrics import paired_latency, summarize
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning import KeepSet, collapse, extract
 from bayesprune.pruning.live import unit_origin
@@ -36,7 +36,7 @@ from bayesprune.report.html import render_html
 from bayesprune.report.markdown import render_markdown
 from bayesprune.report.numbers import cost_rows, explanations, key_number_rows, setting_rows
 
-__all__ = ["original_network", "paired_latency", "report"]
+__all__ = ["original_network", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +106,6 @@ def _on_device_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for p in module.parameters():
         return x.to(p.device)
     return x
-
-
-def paired_latency(
-    a: nn.Module, b: nn.Module, example: torch.Tensor, batches: tuple[int, ...] = (1, 256)
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Latency of ``a`` and ``b`` at each batch size, timed interleaved
-    (:func:`~bayesprune.metrics.compare_latency`) so that machine load hits both alike;
-    the examples of ``example`` are cycled to make each batch."""
-    la, lb = [], []
-    for n in batches:
-        x = example.repeat(-(-n // example.shape[0]), *([1] * (example.dim() - 1)))[:n]
-        r = compare_latency(a, b, x.contiguous())
-        for out, stats in ((la, r["a"]), (lb, r["b"])):
-            stats.pop("samples", None)
-            out.append(stats)
-    return la, lb
 
 
 class _Inputs:
