@@ -57,14 +57,14 @@ from bayesprune.diagnostics.calibration import (
 )
 from bayesprune.diagnostics.draws import Draws, run_draws
 from bayesprune.diagnostics.fit_trace import fit_trace
-from bayesprune.diagnostics.inputs import WHO, check_int, check_pair, resolve_data
+from bayesprune.diagnostics.inputs import WHO, check_int, resolve_data
 from bayesprune.diagnostics.log_density import random_sites
 from bayesprune.diagnostics.names import unit_dim, weight_dims
 from bayesprune.diagnostics.posterior import coords as posterior_coords
 from bayesprune.diagnostics.posterior import variable_dims
 from bayesprune.diagnostics.pruning_sweep import pruning_sweep
 from bayesprune.diagnostics.psis import KHAT_MEANING, pareto_khat
-from bayesprune.guides.base import Guide
+from bayesprune.guides.base import Guide, check_pair
 from bayesprune.inference.result import FitResult
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.likelihoods import Categorical
@@ -236,7 +236,7 @@ def diagnose(
         net, or an invalid ``num_samples``, ``seed``, ``batch_size``, ``max_examples``,
         ``pruning_points`` or ``predict_samples``.
     """
-    check_pair(net, guide)
+    check_pair(WHO, net, guide)
     check_int("num_samples", num_samples, 1)
     check_int("batch_size", batch_size, 1)
     check_int("max_examples", max_examples, 1, optional=True)

@@ -19,8 +19,6 @@ from typing import Any
 from torch import Tensor
 
 from bayesprune.data import Dataset, Split
-from bayesprune.guides.base import Guide
-from bayesprune.nn.bayesian_net import BayesianNet
 
 WHO = "diagnose"
 
@@ -70,20 +68,3 @@ def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> Non
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         extra = " or None" if optional else ""
         raise ValueError(f"{WHO}: {name} must be an integer >= {low}{extra}, got {value!r}")
-
-
-def check_pair(net: Any, guide: Any) -> None:
-    """``net`` is a BayesianNet and ``guide`` a Guide over the same sites."""
-    if not isinstance(net, BayesianNet):
-        raise TypeError(
-            f"{WHO}: net must be a BayesianNet (from bayesprune.sparsify), got {type(net).__name__}"
-        )
-    if not isinstance(guide, Guide):
-        raise TypeError(f"{WHO}: guide must be a bayesprune Guide, got {type(guide).__name__}")
-    mine = [(s.name, s.shape) for s in net.sites]
-    theirs = [(s.name, s.shape) for s in guide.sites]
-    if mine != theirs:
-        raise ValueError(
-            f"{WHO}: guide does not match net: its sites are {theirs}, the net's are {mine} "
-            "(was the guide built for this net, before or after the same unit removals?)"
-        )

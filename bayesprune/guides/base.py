@@ -226,3 +226,21 @@ class Guide(nn.Module, ABC):
         for p in self.parameters():
             return p.device
         return torch.device("cpu")
+
+
+def check_pair(who: str, net: object, guide: object) -> None:
+    """Raise, naming ``who``, unless ``net`` is a BayesianNet and ``guide`` a Guide over the
+    same sites (same names and shapes, e.g. after the same live unit removals)."""
+    if not isinstance(net, BayesianNet):
+        raise TypeError(
+            f"{who}: net must be a BayesianNet (from bayesprune.sparsify), got {type(net).__name__}"
+        )
+    if not isinstance(guide, Guide):
+        raise TypeError(f"{who}: guide must be a bayesprune Guide, got {type(guide).__name__}")
+    mine = [(s.name, s.shape) for s in net.sites]
+    theirs = [(s.name, s.shape) for s in guide.sites]
+    if mine != theirs:
+        raise ValueError(
+            f"{who}: guide does not match net: it was built for other sites ({theirs}; the "
+            f"net's are {mine}; was it built for this net, before or after the same unit removals?)"
+        )

@@ -51,7 +51,7 @@ from pyro.distributions import Delta
 from torch import Tensor
 from torch.distributions import Independent, Normal
 
-from bayesprune.guides.base import Guide
+from bayesprune.guides.base import Guide, check_pair
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.priors.gaussian import Gaussian
 from bayesprune.priors.halo import HALO
@@ -77,13 +77,6 @@ def _check_args(delta: float | None, num_samples: int, seed: int) -> None:
         )
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"inclusion_probs: seed must be an integer, got {seed!r}")
-
-
-def _check_pair(net: BayesianNet, guide: Guide) -> None:
-    if not isinstance(net, BayesianNet):
-        raise TypeError(f"inclusion_probs: net must be a BayesianNet, got {type(net).__name__}")
-    if not isinstance(guide, Guide):
-        raise TypeError(f"inclusion_probs: guide must be a Guide, got {type(guide).__name__}")
 
 
 def _per(net: BayesianNet, layer: str) -> str:
@@ -137,7 +130,7 @@ def inclusion_kind(net: BayesianNet, guide: Guide) -> str:
 
     :raises TypeError: for a prior or guide family without a definition (see the module).
     """
-    _check_pair(net, guide)
+    check_pair("inclusion_probs", net, guide)
     kinds = {_layer_kind(net, guide, n) for n in net.layer_sites}
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
@@ -185,7 +178,7 @@ def inclusion_probs(
     :raises ValueError: for an invalid ``delta``, ``num_samples`` or ``seed``.
     :raises TypeError: for a prior or guide family without a definition.
     """
-    _check_pair(net, guide)
+    check_pair("inclusion_probs", net, guide)
     _check_args(delta, num_samples, seed)
     if delta is None:
         delta = float(net.prior.default_threshold)

@@ -70,7 +70,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch import Tensor
 
-from bayesprune.guides.base import Guide, key
+from bayesprune.guides.base import Guide, check_pair, key
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.extract import _dependency_graph, _group, _plan
 from bayesprune.pruning.keepset import KeepSet
@@ -224,19 +224,6 @@ def _as_index(name: str, idx: Any, n: int) -> Tensor:
             f"{t[(t < 0) | (t >= n)].tolist()}"
         )
     return torch.unique(t)
-
-
-def _check_pair(net: BayesianNet, guide: Guide) -> None:
-    if not isinstance(net, BayesianNet):
-        raise TypeError(
-            f"{WHO}: net must be a BayesianNet (from sparsify), got {type(net).__name__}"
-        )
-    if not isinstance(guide, Guide):
-        raise TypeError(f"{WHO}: guide must be a bayesprune Guide, got {type(guide).__name__}")
-    mine = [(s.name, s.shape) for s in net.sites]
-    theirs = [(s.name, s.shape) for s in guide.sites]
-    if mine != theirs:
-        raise ValueError(f"{WHO}: the guide was built for other sites than the net's")
 
 
 def _classify(net: BayesianNet, guide: Guide, name: str) -> dict[str, str]:
@@ -497,7 +484,7 @@ def remove_units(
     nothing (their gates closed); the activations between a layer and its consumers must
     map 0 to 0, as for :func:`~bayesprune.extract`.
     """
-    _check_pair(net, guide)
+    check_pair(WHO, net, guide)
     module = net.module
     wanted = {name: _as_index(name, idx, _units_of(net, name)) for name, idx in keep.items()}
     n_units = {n: _n_units(module.get_submodule(n)) for n in net.layer_names}
