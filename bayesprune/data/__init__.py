@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bayesprune.data.batches import LoaderBatches, TensorBatches
 from bayesprune.data.dataset import Dataset, Split
 from bayesprune.data.fashion_mnist import fashion_mnist
 from bayesprune.data.idx import load_idx, save_idx
@@ -19,7 +20,9 @@ from bayesprune.data.synthetic import synthetic_classification, synthetic_regres
 __all__ = [
     "DATASETS",
     "Dataset",
+    "LoaderBatches",
     "Split",
+    "TensorBatches",
     "fashion_mnist",
     "get_dataset",
     "load_idx",

@@ -21,6 +21,11 @@ import torch
 from torch import Tensor
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s data order in a fit seeded with ``seed``."""
+    return int(seed) * 1_000_003 + int(epoch)
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of a data set: inputs ``x`` and targets ``y`` with the same first dimension."""
@@ -94,7 +99,7 @@ class Dataset:
     def permutation(self, epoch: int, seed: int, split: str = "train") -> Tensor:
         """The order of examples in ``epoch``: a pure function of ``(seed, epoch)``."""
         g = torch.Generator(device="cpu")
-        g.manual_seed(int(seed) * 1_000_003 + int(epoch))
+        g.manual_seed(epoch_seed(seed, epoch))
         return torch.randperm(len(self.split(split)), generator=g)
 
     def batches(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from bayesprune.nn.bayesian_net import BayesianNet
-from bayesprune.pruning.live import removed_units
+from bayesprune.nn.unit_origin import removed_units
 
 #: names of the kernel dimensions of a weight, by the number of kernel dimensions
 _KERNEL = {0: (), 1: ("k",), 2: ("kh", "kw"), 3: ("kd", "kh", "kw")}

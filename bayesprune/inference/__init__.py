@@ -1,6 +1,6 @@
 """Inference: the SVI loop, ELBO estimators, checkpoints, evaluation."""
 
-from bayesprune.inference.callbacks import FitState, RemoveDeadUnits
+from bayesprune.inference.callbacks import FitState, register_fit_option
 from bayesprune.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bayesprune.inference.evaluate import evaluate
 from bayesprune.inference.fit import NonFiniteLossError, fit
@@ -11,12 +11,12 @@ __all__ = [
     "CheckpointError",
     "FitResult",
     "FitState",
-    "RemoveDeadUnits",
     "FusedELBO",
     "NonFiniteLossError",
     "TraceELBO",
     "evaluate",
     "fit",
     "load_checkpoint",
+    "register_fit_option",
     "save_checkpoint",
 ]

@@ -8,10 +8,16 @@ A callback is any object with some of these methods; each gets the live
 - ``on_epoch_end(state) -> bool | None`` -- return ``True`` to stop the fit
   after this epoch (the checkpoint is still written).
 
+
 A callback that changes the set of trained parameters calls
-``state.rebuild_optimizer()`` afterwards -- or, like :class:`RemoveDeadUnits`
-(through :func:`bayesprune.pruning.live.remove_units`), remaps
-``state.optimizer`` in place, slicing its per-parameter state.
+``state.rebuild_optimizer()`` afterwards -- or, like
+:class:`bayesprune.pruning.RemoveDeadUnits`, remaps ``state.optimizer`` in place,
+slicing its per-parameter state.
+
+Callbacks that ``fit`` builds from its own keyword arguments (``remove_dead=True``) are
+registered by the floor that owns them (:func:`register_fit_option`), and so are the
+steps that bring a fresh model to a checkpoint's shapes on resume
+(:func:`register_restorer`), so the fit loop does not import them.
 
 >>> class StopAt:
 ...     def __init__(self, acc): self.acc = acc
@@ -21,21 +27,15 @@ A callback that changes the set of trained parameters calls
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from bayesprune.data.dataset import Dataset
 from bayesprune.guides.base import Guide
+from bayesprune.inference.distributed import Replicas
 from bayesprune.nn.bayesian_net import BayesianNet
-from bayesprune.pruning.live import remove_units
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,7 +44,7 @@ class FitState:
 
     net: BayesianNet
     guide: Guide
-    data: Dataset
+    data: Any  # what fit was given: a Dataset, an (x, y) pair or a loader
     optimizer: torch.optim.Optimizer
     make_optimizer: Callable[[], torch.optim.Optimizer]
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -54,6 +54,7 @@ class FitState:
     history: list[dict[str, Any]] = field(default_factory=list)
     elbo: list[float] = field(default_factory=list)
     elbo_steps: list[int] = field(default_factory=list)
+    replicas: Replicas = field(default_factory=Replicas)
 
     def rebuild_optimizer(self) -> None:
         """Make a new optimizer over the current parameters (after a structural change),
@@ -73,82 +74,46 @@ class FitState:
         self.optimizer = new
 
 
-def call(callbacks: list[Any], hook: str, state: FitState) -> bool:
+def call(callbacks: list[Any], hook: str, state: FitState, *args: Any) -> bool:
     """Run ``hook`` on every callback that has it; ``True`` if any asked to stop."""
     stop = False
     for cb in callbacks:
         fn = getattr(cb, hook, None)
-        if fn is not None and fn(state):
+        if fn is not None and fn(state, *args):
             stop = True
     return stop
 
 
-class RemoveDeadUnits:
-    """Physically remove dead units at the end of every epoch, so later epochs get cheaper.
+#: ``fit`` keyword -> the callback class it switches on (filled by the floors that own them)
+FIT_OPTIONS: dict[str, Callable[[], Any]] = {}
 
-    The rule: a unit of a gated layer is dead when its gate probability θ (the guide's
-    ``gate_probs``, projected into [0, 1] after every step) is exactly 0 -- its gate then
-    samples 0 on every draw, so the unit contributes nothing and nothing flows back to
-    it. At the end of every epoch all dead units are cut out of the module, the guide
-    and the optimizer (:func:`~bayesprune.pruning.live.remove_units`; units coupled
-    across layers, e.g. by a residual sum, only when dead in every coupled layer). A
-    layer whose every gate is at 0 keeps one (closed) unit, so the network stays
-    connected. Priors without unit gates (HALO, block gates): nothing happens.
 
-    Each epoch's history record gets ``removed``: ``{layer: units removed}``;
-    ``units`` (units alive per layer) is recorded by the loop, and what was removed so
-    far (original indexing) by :func:`~bayesprune.pruning.live.removed_units`, which
-    checkpoints store so a resumed fit redoes the removals first.
+def register_fit_option(name: str, factory: Callable[[], Any]) -> None:
+    """Let ``fit(name=True)`` add ``factory()`` to its callbacks.
 
-    >>> cb = RemoveDeadUnits()  # or fit(..., remove_dead=True)
+    >>> register_fit_option("demo_option", object)
+    >>> FIT_OPTIONS.pop("demo_option") is object
+    True
     """
-
-    def __init__(self) -> None:
-        self._futile: object = None  # a dead set that coupling kept from being removed
-
-    def on_epoch_end(self, state: FitState) -> None:
-        keep = dead_units_keep(state.net, state.guide)
-        if keep is None:
-            return None
-        before = {n: _width(state.net, n) for n in keep}
-        removed = {n: 0 for n in before}
-        signature = tuple((n, tuple(k.tolist())) for n, k in keep.items())
-        if any(k.numel() < before[n] for n, k in keep.items()) and signature != self._futile:
-            t0 = time.perf_counter()
-            remove_units(state.net, state.guide, keep, state.optimizer)
-            removed = {n: before[n] - _width(state.net, n) for n in before}
-            if not any(removed.values()):
-                self._futile = signature
-            log.info(
-                "removed dead units %s in %.3fs; widths now %s",
-                removed,
-                time.perf_counter() - t0,
-                {n: _width(state.net, n) for n in before},
-            )
-        if state.history:
-            state.history[-1]["removed"] = removed
-        return None
+    FIT_OPTIONS[name] = factory
 
 
-def _width(net: BayesianNet, layer: str) -> int:
-    return int(net.module.get_submodule(layer).weight.shape[0])
+#: run before a resumed fit loads its checkpoint, to bring the fresh model to the
+#: checkpoint's shapes: ``fn(state, checkpoint)``, raising ValueError/TypeError on a mismatch
+RESTORERS: list[Callable[[FitState, dict[str, Any]], None]] = []
 
 
-@torch.no_grad()
-def dead_units_keep(net: BayesianNet, guide: Guide) -> dict[str, Tensor] | None:
-    """The units to keep by :class:`RemoveDeadUnits`' rule (θ != 0), for every layer with
-    unit gates, in current indexing; ``None`` if the net has no unit gates."""
-    keep: dict[str, Tensor] = {}
-    for s in net.gates:
-        if s.meta.get("block") or not isinstance(
-            getattr(net.module.get_submodule(s.layer), "weight", None), Tensor
-        ):
-            continue  # a block gate: the block becomes its shortcut at collapse, not here
-        theta = guide.gate_theta(s).detach()
-        alive = (theta != 0).nonzero().flatten().cpu()
-        if alive.numel() == 0:
-            if theta.numel() > 1:
-                log.warning("every gate of layer %r is closed; keeping one unit", s.layer)
-            alive = torch.zeros(1, dtype=torch.long)
-        keep[s.layer] = alive
-    return keep or None
+def register_restorer(fn: Callable[[FitState, dict[str, Any]], None]) -> None:
+    """Run ``fn(state, checkpoint)`` whenever a fit resumes, before its state dicts load."""
+    if fn not in RESTORERS:
+        RESTORERS.append(fn)
+
+
+def fit_option(name: str) -> Any:
+    """A new callback for ``fit(name=True)``."""
+    if name not in FIT_OPTIONS:
+        raise RuntimeError(
+            f"fit: {name}=True needs its callback, registered when bayesprune is imported "
+            "(import bayesprune, not only bayesprune.inference)"
+        )
+    return FIT_OPTIONS[name]()

@@ -6,11 +6,14 @@ from bayesprune.pruning.inclusion import inclusion_kind, inclusion_probs
 from bayesprune.pruning.keepset import KeepSet
 from bayesprune.pruning.live import remove_units, removed_units, replay_removals
 from bayesprune.pruning.predict import PruningForecast, predict_pruning
+from bayesprune.pruning.remove_dead import RemoveDeadUnits, dead_units_keep
 
 __all__ = [
     "KeepSet",
     "PruningForecast",
+    "RemoveDeadUnits",
     "collapse",
+    "dead_units_keep",
     "extract",
     "inclusion_kind",
     "inclusion_probs",

@@ -72,6 +72,7 @@ from torch import Tensor
 
 from bayesprune.guides.base import Guide, check_pair, key
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.nn.unit_origin import RECORD, UnitOrigin, original_sites, removed_units, unit_origin
 from bayesprune.pruning.extract import _dependency_graph, _group, _plan
 from bayesprune.pruning.keepset import KeepSet
 from bayesprune.sites import Site, join
@@ -87,44 +88,10 @@ __all__ = [
 ]
 
 WHO = "remove_units"
-#: attribute of a BayesianNet holding its :class:`UnitOrigin` after a removal
-RECORD = "unit_origin"
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
-@dataclass
-class UnitOrigin:
-    """What live removal has done to a net so far (kept on the net as ``net.unit_origin``).
-
-    :ivar sites: the net's sites before its first removal (checkpoints are signed with them).
-    :ivar n_units: units of each unit layer before the first removal.
-    :ivar units: for each layer that has lost units, the original indices of its current units.
-    """
-
-    sites: tuple[Site, ...]
-    n_units: dict[str, int]
-    units: dict[str, Tensor]
-
-
-# --- the record ---------------------------------------------------------------------------
-def unit_origin(net: BayesianNet) -> UnitOrigin | None:
-    """The net's removal record, ``None`` if no unit was ever removed."""
-    return net.__dict__.get(RECORD)
-
-
-def original_sites(net: BayesianNet) -> tuple[Site, ...]:
-    """The net's sites as built, before any live removal."""
-    rec = unit_origin(net)
-    return rec.sites if rec is not None else net.sites
-
-
-def removed_units(net: BayesianNet) -> dict[str, Tensor]:
-    """The cumulative keep map in original indexing: for each layer that has lost units,
-    the original indices of the units it still has (layers not listed are whole)."""
-    rec = unit_origin(net)
-    return {} if rec is None else {n: u.clone() for n, u in rec.units.items()}
-
-
+# --- translating indices ------------------------------------------------------------------
 def to_current(net: BayesianNet, keep: Mapping[str, Any]) -> dict[str, Tensor]:
     """Translate a keep map in *original* indexing (e.g. from :func:`removed_units` of a
     checkpointed fit) into the indexing of ``net``'s current units.

@@ -26,8 +26,8 @@ from torch import nn
 from bayesprune.export.safetensors_io import atomic_write_bytes
 from bayesprune.metrics import paired_latency, summarize
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.nn.unit_origin import unit_origin
 from bayesprune.pruning import KeepSet, collapse, extract
-from bayesprune.pruning.live import unit_origin
 from bayesprune.pruning.predict import forecast_split, predict_pruning
 from bayesprune.report import collect, plots
 from bayesprune.report.collect import Missing

@@ -15,6 +15,7 @@ from bayesprune import BayesianNet, fit, sparsify
 from bayesprune.data import Dataset, Split, synthetic_classification
 from bayesprune.guides import MAP, MeanField
 from bayesprune.inference import CheckpointError, NonFiniteLossError, load_checkpoint
+from bayesprune.inference.resume import CHECKPOINT_FORMAT
 from bayesprune.nn import Gaussian
 from bayesprune.priors import HALO
 
@@ -203,7 +204,7 @@ def test_checkpoints_are_atomic_and_complete(build, class_data, tmp_path):
     assert os.listdir(tmp_path) == ["last.pt"]  # no temporary files left behind
     assert result.checkpoint == tmp_path / "last.pt"
     ck = load_checkpoint(result.checkpoint)
-    assert ck["format"] == fit_module.CHECKPOINT_FORMAT
+    assert ck["format"] == CHECKPOINT_FORMAT
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 0, 16)
     assert ck["elbo"] == result.elbo
 

@@ -1,0 +1,102 @@
+"""Removal of dead units during training: the callback behind ``fit(remove_dead=True)``.
+
+>>> from bayesprune.inference.callbacks import FIT_OPTIONS, RESTORERS
+>>> FIT_OPTIONS["remove_dead"] is RemoveDeadUnits, replay_checkpoint_removals in RESTORERS
+(True, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bayesprune.guides.base import Guide
+from bayesprune.inference.callbacks import FitState, register_fit_option, register_restorer
+from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.pruning.live import remove_units, replay_removals
+
+log = logging.getLogger(__name__)
+
+
+class RemoveDeadUnits:
+    """Physically remove dead units at the end of every epoch, so later epochs get cheaper.
+
+    The rule: a unit of a gated layer is dead when its gate probability θ (the guide's
+    ``gate_probs``, projected into [0, 1] after every step) is exactly 0 -- its gate then
+    samples 0 on every draw, so the unit contributes nothing and nothing flows back to
+    it. At the end of every epoch all dead units are cut out of the module, the guide
+    and the optimizer (:func:`~bayesprune.pruning.remove_units`; units coupled
+    across layers, e.g. by a residual sum, only when dead in every coupled layer). A
+    layer whose every gate is at 0 keeps one (closed) unit, so the network stays
+    connected. Priors without unit gates (HALO, block gates): nothing happens.
+
+    Each epoch's history record gets ``removed``: ``{layer: units removed}``;
+    ``units`` (units alive per layer) is recorded by the loop, and what was removed so
+    far (original indexing) by :func:`~bayesprune.nn.unit_origin.removed_units`, which
+    checkpoints store so a resumed fit redoes the removals first.
+
+    >>> cb = RemoveDeadUnits()  # or fit(..., remove_dead=True)
+    """
+
+    def __init__(self) -> None:
+        self._futile: object = None  # a dead set that coupling kept from being removed
+
+    def on_epoch_end(self, state: FitState) -> None:
+        keep = dead_units_keep(state.net, state.guide)
+        if keep is None:
+            return None
+        before = {n: _width(state.net, n) for n in keep}
+        removed = {n: 0 for n in before}
+        signature = tuple((n, tuple(k.tolist())) for n, k in keep.items())
+        if any(k.numel() < before[n] for n, k in keep.items()) and signature != self._futile:
+            t0 = time.perf_counter()
+            remove_units(state.net, state.guide, keep, state.optimizer)
+            removed = {n: before[n] - _width(state.net, n) for n in before}
+            if not any(removed.values()):
+                self._futile = signature
+            log.info(
+                "removed dead units %s in %.3fs; widths now %s",
+                removed,
+                time.perf_counter() - t0,
+                {n: _width(state.net, n) for n in before},
+            )
+        if state.history:
+            state.history[-1]["removed"] = removed
+        return None
+
+
+def _width(net: BayesianNet, layer: str) -> int:
+    return int(net.module.get_submodule(layer).weight.shape[0])
+
+
+@torch.no_grad()
+def dead_units_keep(net: BayesianNet, guide: Guide) -> dict[str, Tensor] | None:
+    """The units to keep by :class:`RemoveDeadUnits`' rule (θ != 0), for every layer with
+    unit gates, in current indexing; ``None`` if the net has no unit gates."""
+    keep: dict[str, Tensor] = {}
+    for s in net.gates:
+        if s.meta.get("block") or not isinstance(
+            getattr(net.module.get_submodule(s.layer), "weight", None), Tensor
+        ):
+            continue  # a block gate: the block becomes its shortcut at collapse, not here
+        theta = guide.gate_theta(s).detach()
+        alive = (theta != 0).nonzero().flatten().cpu()
+        if alive.numel() == 0:
+            if theta.numel() > 1:
+                log.warning("every gate of layer %r is closed; keeping one unit", s.layer)
+            alive = torch.zeros(1, dtype=torch.long)
+        keep[s.layer] = alive
+    return keep or None
+
+
+def replay_checkpoint_removals(state: FitState, checkpoint: dict[str, Any]) -> None:
+    """Cut a freshly built net down to a checkpoint's units before its state loads."""
+    replay_removals(state.net, state.guide, checkpoint.get("removed") or {}, state.optimizer)
+
+
+register_fit_option("remove_dead", RemoveDeadUnits)
+register_restorer(replay_checkpoint_removals)
