@@ -62,8 +62,8 @@ def save(
     rep = state.replicas
     rngs = rep.gather(torch.get_rng_state())
     cuda_rngs = rep.gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
-    if epoch_sum is not None:
-        epoch_sum = rep.mean(epoch_sum.detach())
+    # every process's own loss sum, so that each resumes its own
+    sums = None if epoch_sum is None else rep.gather(epoch_sum.detach().reshape(1))
     if not rep.main:
         rep.barrier()
         return None
@@ -87,7 +87,7 @@ def save(
         # units removed during the fit: {layer: original indices of the units left}
         "removed": removed_units(state.net),
         # mid-epoch: the loss summed so far, so the resumed epoch's mean counts every step
-        "epoch_sum": None if epoch_sum is None else epoch_sum.cpu(),
+        "epoch_sum": None if sums is None else torch.cat(sums).cpu(),
     }
     path = save_checkpoint(payload, ckpt_dir)
     rep.barrier()
@@ -134,8 +134,13 @@ def restore(
     state.elbo = list(ck["elbo"])
     state.elbo_steps = list(ck["elbo_steps"])
     _restore_rng(state, ck, device)
-    epoch_sum = ck.get("epoch_sum")
-    return epoch_sum if state.step_in_epoch > 0 and isinstance(epoch_sum, Tensor) else None
+    sums = ck.get("epoch_sum")
+    if state.step_in_epoch == 0 or not isinstance(sums, Tensor):
+        return None
+    sums = sums.reshape(-1)
+    if sums.numel() != state.replicas.world:  # another number of processes: their mean
+        return sums.mean()
+    return sums[state.replicas.rank]
 
 
 def _restore_rng(state: FitState, ck: dict[str, Any], device: torch.device) -> None:

@@ -1,0 +1,146 @@
+"""Fits run by ``tests/inference/test_distributed.py`` under ``torchrun`` (and alone).
+
+``python ddp_fit.py OUT`` writes ``OUT/<case>-rank<r>.pt`` for every case: the final state
+of net and guide, the examples each process saw in the first epoch, the history, the units
+removed. Run with ``torchrun --nproc_per_node=2`` for the data-parallel fits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from bayesprune import fit, sparsify
+from bayesprune.data import synthetic_classification
+from bayesprune.guides import MAP
+from bayesprune.priors import HALO, UnitGates
+
+N_TRAIN, GLOBAL_BATCH = 192, 32  # 6 steps per epoch
+
+
+def data():
+    return synthetic_classification(N_TRAIN, 32, 0, input_shape=(8,), n_classes=3, seed=0)
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+
+class Seen:
+    """Records the first input feature of every training example the net sees in epoch 1
+    (the features are continuous, so they identify the examples)."""
+
+    def __init__(self, net) -> None:
+        self.ids: list[float] = []
+        net.module[0].register_forward_pre_hook(self.record)
+        self.epoch = 0
+
+    def record(self, module, args) -> None:
+        if module.training and self.epoch == 0 and torch.is_grad_enabled():
+            self.ids.extend(args[0][:, 0].tolist())
+
+    def on_epoch_end(self, state) -> None:
+        self.epoch += 1
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step: int):
+    """Make the next fit's loss raise at its ``step``-th call, on every process alike."""
+    fit_module = importlib.import_module("bayesprune.inference.fit")
+    original = fit_module.loss_from_name
+
+    def patched(name):
+        estimator, calls = original(name), [0]
+
+        def loss(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == step:
+                fit_module.loss_from_name = original
+                raise Killed
+            return estimator(*args, **kwargs)
+
+        return loss
+
+    fit_module.loss_from_name = patched
+
+
+def halo_tensors(out: Path, **kw):
+    net = sparsify(mlp(), HALO(1e-3, 1e-3))
+    guide = MAP(net)
+    seen = Seen(net)
+    result = fit(
+        net,
+        data(),
+        guide,
+        epochs=2,
+        batch_size=GLOBAL_BATCH,
+        lr=1e-2,
+        progress=False,
+        callbacks=[seen],
+        **kw,
+    )
+    return net, guide, result, seen
+
+
+def gates_loader(out: Path):
+    d = data()
+    loader = DataLoader(TensorDataset(d.train.x, d.train.y), batch_size=16, shuffle=True)
+    torch.manual_seed(2)
+    net = sparsify(mlp(), UnitGates(gamma=3.0), example_input=torch.zeros(1, 8))
+    seen = Seen(net)
+    result = fit(
+        net,
+        loader,
+        epochs=4,
+        val=d.val,
+        lr=2e-2,
+        role_lr={"gate": 0.2},
+        progress=False,
+        remove_dead=True,
+        callbacks=[seen],
+    )
+    return net, result.guide, result, seen
+
+
+def save(out: Path, case: str, net, guide, result, seen) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    torch.save(
+        {
+            "net": net.state_dict(),
+            "guide": guide.state_dict(),
+            "seen": seen.ids if seen is not None else [],
+            "history": [{k: v for k, v in h.items() if k != "seconds"} for h in result.history],
+            "elbo": result.elbo,
+            "removed": {k: v.tolist() for k, v in result.removed.items()},
+        },
+        out / f"{case}-rank{rank}.pt",
+    )
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save(out, "halo", *halo_tensors(out))
+    save(out, "gates", *gates_loader(out))
+    # killed mid-epoch 2 (step 11; the last checkpoint is at step 9), then resumed
+    ck = out / "ck"
+    kill_at(11)
+    try:
+        halo_tensors(out, checkpoint=ck, checkpoint_every=3)
+        raise AssertionError("the fit was not killed")
+    except Killed:
+        pass
+    net, guide, result, _ = halo_tensors(out, checkpoint=ck, checkpoint_every=3, resume=True)
+    save(out, "resumed", net, guide, result, None)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
