@@ -217,9 +217,10 @@ def diagnose(
 
     :param net: the fitted model (from :func:`bayesprune.sparsify`).
     :param guide: its fitted guide; the draws come from it.
-    :param data: an ``(x, y)`` pair of tensors, a :class:`~bayesprune.data.Split`, or a
+    :param data: an ``(x, y)`` pair of tensors, a :class:`~bayesprune.data.Split`, a
         :class:`~bayesprune.data.Dataset` (its test split if it has one, else val, else
-        train; ``attrs["split"]`` says which).
+        train; ``attrs["split"]`` says which) or a ``DataLoader`` of ``(x, y)`` batches
+        (gathered in memory, in the loader's order, up to ``max_examples``).
     :param num_samples: draws from the guide (``>= 1``).
     :param weights: also store every weight draw (``"L.weight"``; large).
     :param result: the :class:`~bayesprune.inference.FitResult`, for the fit's trace in
@@ -250,7 +251,7 @@ def diagnose(
         raise TypeError(f"{WHO}: weights must be True or False, got {weights!r}")
     if result is not None and not isinstance(result, FitResult):
         raise TypeError(f"{WHO}: result must be a FitResult or None, got {type(result).__name__}")
-    x, y, split = resolve_data(data)
+    x, y, split = resolve_data(data, max_examples)
     if max_examples is not None:
         x, y = x[:max_examples], y[:max_examples]
     device = net.device

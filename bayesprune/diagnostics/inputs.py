@@ -8,7 +8,7 @@
 >>> resolve_data([1, 2])
 Traceback (most recent call last):
 ...
-TypeError: diagnose: data must be an (x, y) pair of tensors, a bayesprune.data.Split or a Dataset, got list
+TypeError: diagnose: data must be an (x, y) pair of tensors, a bayesprune.data.Split, a Dataset or a DataLoader, got list
 """
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from bayesprune.data import Dataset, Split
+from bayesprune.data.batches import LoaderBatches, is_loader
 
 WHO = "diagnose"
 
 
-def resolve_data(data: Any) -> tuple[Tensor, Tensor, str]:
+def resolve_data(data: Any, limit: int | None = None) -> tuple[Tensor, Tensor, str]:
     """``(x, y, split name)``: a Dataset's test split if it has one, else val, else train;
-    ``"given"`` for an ``(x, y)`` pair or a Split.
+    ``"given"`` for an ``(x, y)`` pair, a Split or a loader. A loader's batches (in its own
+    order) are gathered in memory, up to ``limit`` examples -- the draws' log-likelihoods
+    are held per example anyway.
 
     :raises TypeError: for anything else.
     :raises ValueError: when ``y`` does not have one target per input, or there are no examples.
@@ -46,10 +50,12 @@ def resolve_data(data: Any) -> tuple[Tensor, Tensor, str]:
         and all(isinstance(t, Tensor) for t in data)
     ):
         (x, y), split = data, "given"
+    elif is_loader(data):
+        x, y, split = *_gather(LoaderBatches(data, who=WHO, split="given"), limit), "given"
     else:
         raise TypeError(
-            f"{WHO}: data must be an (x, y) pair of tensors, a bayesprune.data.Split or a "
-            f"Dataset, got {type(data).__name__}"
+            f"{WHO}: data must be an (x, y) pair of tensors, a bayesprune.data.Split, a "
+            f"Dataset or a DataLoader, got {type(data).__name__}"
         )
     if x.dim() == 0 or y.dim() == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(
@@ -59,6 +65,17 @@ def resolve_data(data: Any) -> tuple[Tensor, Tensor, str]:
     if x.shape[0] == 0:
         raise ValueError(f"{WHO}: data has no examples")
     return x, y, split
+
+
+def _gather(source: LoaderBatches, limit: int | None) -> tuple[Tensor, Tensor]:
+    xs, ys, n = [], [], 0
+    for x, y in source.epoch(0, seed=0):
+        xs.append(x)
+        ys.append(y)
+        n += x.shape[0]
+        if limit is not None and n >= limit:
+            break
+    return torch.cat(xs), torch.cat(ys)
 
 
 def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:

@@ -304,3 +304,16 @@ def test_root_module_and_conv_layers_are_named(nets, inputs):
     idata = diagnose(root, MAP(root), (x, y), num_samples=2, pruning_points=0)
     assert set(idata.posterior.data_vars) == {"weight_scale", "weight_norm"}
     assert idata.posterior["weight_norm"].dims[2:] == ("net_unit",)
+
+
+def test_a_loader_is_diagnosed_like_its_tensors(mean_field, data):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net, result = mean_field
+    guide, test = result.guide, data.test
+    loader = DataLoader(TensorDataset(test.x, test.y), batch_size=5)
+    a = diagnose(net, guide, loader, num_samples=4, max_examples=12, pruning_points=0)
+    b = diagnose(net, guide, (test.x[:12], test.y[:12]), num_samples=4, pruning_points=0)
+    np.testing.assert_allclose(
+        a.log_likelihood["obs"].values, b.log_likelihood["obs"].values, rtol=1e-6
+    )
