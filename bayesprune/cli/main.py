@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="override [fit] seed")
     f.add_argument("--data-root", type=Path, help="folder holding the data set files")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument(
+        "--augment",
+        help="random image augmentation, comma-separated: crop,flip (override [data] augment; "
+        "'none' for none); trains from a DataLoader",
+    )
+    f.add_argument("--workers", type=int, help="loader worker processes (override [data] workers)")
 
     e = sub.add_parser("extract", help="collapse a fitted run and write the smaller network")
     e.add_argument("run", type=Path, help="a run folder written by 'bayesprune fit'")
@@ -74,7 +81,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         spec.fit["seed"] = args.seed
     if args.device is not None:
         spec.fit["device"] = args.device
+    if args.augment is not None:
+        spec.data["augment"] = [a for a in args.augment.split(",") if a and a != "none"]
+    if args.workers is not None:
+        spec.data["workers"] = args.workers
     spec.validate()
+    # under torchrun every process runs this; process 0 alone writes the run folder
+    world, main_process = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0") == "0"
     run = RunDir(args.out or Path("runs") / args.spec.stem)
     if run.checkpoint.exists() and not args.resume:
         raise SpecError(
@@ -88,14 +101,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
         saved.fit["epochs"] = spec.fit["epochs"]
         if args.device is not None:
             saved.fit["device"] = args.device
+        for key in ("augment", "workers"):  # how batches are made, not what is fitted
+            if key in spec.data:
+                saved.data[key] = spec.data[key]
         spec = saved
     # build everything before writing anything: a bad spec leaves no half-made run folder
     data_kw = {"root": args.data_root} if args.data_root else {}
     data = spec.build_data(**data_kw)
     net = spec.build_net()
     guide = spec.build_guide(net)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.write_json(run.spec, spec.to_dict())
+    train = spec.training_data(data, world)
+    if main_process:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_json(run.spec, spec.to_dict())
     kw = spec.fit_kwargs()
     log.info(
         "fitting %s on %s: %d sites over layers %s",
@@ -107,14 +125,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = fit(
         net,
-        data,
+        train,
         guide,
+        val=data.val,
         checkpoint=run.checkpoints,
         resume=args.resume,
         progress=not args.no_progress,
         **kw,
     )
     seconds = time.perf_counter() - t0
+    if not main_process:
+        return 0
     run.write_json(run.history, result.history)
     run.write_elbo(result.elbo_steps, result.elbo)
     final = result.final

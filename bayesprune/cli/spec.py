@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from bayesprune.data import Dataset, get_dataset
+from bayesprune.data.augment import AUGMENTATIONS, augmented_loader
 from bayesprune.guides import guide_from_config
 from bayesprune.guides.base import Guide
 from bayesprune.nn import BayesianNet, sparsify
@@ -45,6 +46,8 @@ from bayesprune.priors import from_config as prior_from_config
 from bayesprune.zoo import build as build_network
 
 SECTIONS = ("network", "data", "prior", "guide", "fit", "collapse")
+#: ``[data]`` keys for the training loader, not for the data set's loader
+LOADER_KEYS = ("augment", "workers")
 
 FIT_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
@@ -187,6 +190,7 @@ class Spec:
         if not isinstance(f["lr"], (int, float)) or not f["lr"] > 0:
             raise SpecError(f"{self.source}: [fit] lr must be a number > 0, got {f['lr']!r}")
         _layers(self.prior.get("layers"), self.source)
+        self._validate_loader_keys()
         c = self.collapse
         keep = c.get("keep")
         if keep is not None and not (
@@ -209,6 +213,18 @@ class Spec:
         if not isinstance(c.get("by", ""), str):
             raise SpecError(f"{self.source}: [collapse] by must be a string, got {c['by']!r}")
 
+    def _validate_loader_keys(self) -> None:
+        augment, workers = self.data.get("augment", []), self.data.get("workers", 0)
+        if not isinstance(augment, list) or any(a not in AUGMENTATIONS for a in augment):
+            raise SpecError(
+                f"{self.source}: [data] augment must be a list of {list(AUGMENTATIONS)}, "
+                f"got {augment!r}"
+            )
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise SpecError(
+                f"{self.source}: [data] workers must be an integer >= 0, got {workers!r}"
+            )
+
     # --- builders ---------------------------------------------------------------------
     def build_prior(self):
         cfg = {k: v for k, v in self.prior.items() if k != "layers"}
@@ -230,11 +246,29 @@ class Spec:
             raise SpecError(f"{self.source}: [network] {e}") from None
 
     def build_data(self, **overrides: Any) -> Dataset:
-        cfg = {**self.data, **overrides}
+        cfg = {k: v for k, v in {**self.data, **overrides}.items() if k not in LOADER_KEYS}
         name = cfg.pop("name")
         try:
             return get_dataset(name, **cfg)
         except TypeError as e:
+            raise SpecError(f"{self.source}: [data] {e}") from None
+
+    def training_data(self, data: Dataset, world: int = 1) -> Any:
+        """What ``fit`` trains on: the in-memory data set, or -- with ``[data] augment`` --
+        a loader of augmented batches of ``batch_size / world`` examples per process (so
+        that ``[fit] batch_size`` is the global batch either way)."""
+        augment = self.data.get("augment") or []
+        if not augment:
+            return data
+        try:
+            return augmented_loader(
+                data.train,
+                augment,
+                batch_size=max(1, self.fit["batch_size"] // world),
+                workers=self.data.get("workers", 0),
+                pin_memory=str(self.fit.get("device") or "").startswith("cuda"),
+            )
+        except ValueError as e:
             raise SpecError(f"{self.source}: [data] {e}") from None
 
     def build_net(self, network: nn.Module | None = None) -> BayesianNet:
