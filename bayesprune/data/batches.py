@@ -276,12 +276,17 @@ def _distributed(loader: Any, rank: int, world: int, who: str) -> Any:
 
 
 def is_loader(data: Any) -> bool:
-    """A ``DataLoader`` or another re-iterable of batches (not a tensor, pair or Dataset)."""
+    """A ``DataLoader`` or another re-iterable of batches -- a list of ``(x, y)`` pairs
+    counts; an ``(x, y)`` pair of tensors, a ``Dataset`` or an iterator does not."""
     if isinstance(data, DataLoader):
         return True
+    if isinstance(data, (list, tuple)):
+        return len(data) > 0 and all(
+            isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[0], Tensor) for b in data
+        )
     return (
         hasattr(data, "__iter__")
-        and not isinstance(data, (Tensor, tuple, list, dict, str, bytes))
+        and not isinstance(data, (Tensor, dict, str, bytes))
         and not hasattr(data, "train")
         and iter(data) is not data  # an iterator is used up after one epoch
     )

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bayesprune.data.batches import LoaderBatches
+from bayesprune.data.batches import LoaderBatches, is_loader
 from bayesprune.data.dataset import Split
 from bayesprune.guides.base import Guide
 from bayesprune.inference.distributed import Replicas
@@ -44,7 +44,7 @@ def evaluate(
         is scored in parts and the sums are added over the processes (``replicas``).
     """
     point = guide.point()
-    if isinstance(data, (tuple, list)) and len(data) == 2:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not is_loader(data):
         data = Split(torch.as_tensor(data[0]), torch.as_tensor(data[1]))
     if isinstance(data, Split):
         batches: Iterable[tuple[Tensor, Tensor]] = [(data.x, data.y)]

@@ -45,16 +45,16 @@ def training_source(
     rep = replicas or Replicas()
     if isinstance(data, Dataset):
         split = data.train
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        try:
-            split = Split(torch.as_tensor(data[0]), torch.as_tensor(data[1]))
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"fit: data must be an (x, y) pair of tensors: {e}") from None
     elif is_loader(data):
         src = LoaderBatches(data, n_data=n_data, device=device, rank=rep.rank, world=rep.world)
         src.n_data  # noqa: B018 -- raises when the size is unknown
         check_split("train", *src.first())
         return src
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        try:
+            split = Split(torch.as_tensor(data[0]), torch.as_tensor(data[1]))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"fit: data must be an (x, y) pair of tensors: {e}") from None
     elif hasattr(data, "__next__"):
         raise TypeError(
             f"fit: data is a {type(data).__name__}, an iterator that would be used up after "
@@ -80,12 +80,12 @@ def validation_data(data: Any, val: Any) -> Any:
     if isinstance(val, Split):
         check_split("val", val.x, val.y)
         return val
+    if is_loader(val):
+        return val
     if isinstance(val, (tuple, list)) and len(val) == 2:
         split = Split(torch.as_tensor(val[0]), torch.as_tensor(val[1]))
         check_split("val", split.x, split.y)
         return split
-    if is_loader(val):
-        return val
     raise TypeError(
         "fit: val must be a Split, an (x, y) pair or a DataLoader of (x, y) batches, got "
         f"{type(val).__name__}"

@@ -51,7 +51,8 @@ def test_what_counts_as_a_loader():
     from torch.utils.data import DataLoader, TensorDataset
 
     assert is_loader(DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1))
-    assert not is_loader([(torch.zeros(2), torch.zeros(2))])  # a list is data, not a loader
+    assert is_loader([(torch.zeros(2, 1), torch.zeros(2))] * 3)  # a list of batches
+    assert not is_loader([torch.zeros(2, 1), torch.zeros(2)])  # an (x, y) pair
     assert not is_loader((torch.zeros(2), torch.zeros(2)))
     assert not is_loader(iter([1, 2]))
     assert not is_loader(Dataset(train=split(2)))

@@ -145,6 +145,14 @@ def test_a_loader_without_length_needs_n_data(nets, class_data):
         fit(net, stream, g, epochs=1, n_data=128, schedule="cosine", **KW)
 
 
+def test_a_list_of_batches_is_a_loader(nets, class_data):
+    x, y = class_data.train.x, class_data.train.y
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)]
+    net, g = make(nets)
+    result = fit(net, batches, g, epochs=2, n_data=128, **KW)
+    assert result.elbo_steps == [4, 8]
+
+
 def test_n_data_must_match_in_memory_tensors(nets, class_data):
     net, g = make(nets)
     with pytest.raises(ValueError, match="n_data=100 but the training tensors hold 128"):
