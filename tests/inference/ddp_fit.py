@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from bayesprune import fit, sparsify
 from bayesprune.data import synthetic_classification
 from bayesprune.guides import MAP
+from bayesprune.inference import evaluate
+from bayesprune.inference.distributed import Replicas
 from bayesprune.priors import HALO, UnitGates
 
 N_TRAIN, GLOBAL_BATCH = 192, 32  # 6 steps per epoch
@@ -111,10 +113,21 @@ def gates_loader(out: Path):
     return net, result.guide, result, seen
 
 
+def sharded_validation(net, guide) -> dict[str, float]:
+    """The validation scores from a loader each process reads a different half of."""
+    val = data().val
+    ds = TensorDataset(val.x, val.y)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    sampler = DistributedSampler(ds, shuffle=False) if world > 1 else None
+    replicas = Replicas.from_environment(torch.device("cpu"))
+    return evaluate(net, guide, DataLoader(ds, batch_size=5, sampler=sampler), replicas=replicas)
+
+
 def save(out: Path, case: str, net, guide, result, seen) -> None:
     rank = int(os.environ.get("RANK", "0"))
     torch.save(
         {
+            "sharded_val": sharded_validation(net, guide),
             "net": net.state_dict(),
             "guide": guide.state_dict(),
             "seen": seen.ids if seen is not None else [],

@@ -87,6 +87,15 @@ def test_matches_the_one_process_fit_with_the_same_global_batch(runs):
     assert two["elbo"] == pytest.approx(result.elbo, rel=1e-4)
 
 
+def test_a_sharded_validation_loader_is_scored_whole(runs):
+    """Each process scores its half of the validation loader; the sums are added up."""
+    two = runs["gates"][0]
+    last = two["history"][-1]  # scored on the whole val split by every process
+    assert two["sharded_val"]["accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-9)
+    assert two["sharded_val"]["nll"] == pytest.approx(last["val_nll"], rel=1e-5)
+    assert runs["gates"][1]["sharded_val"] == two["sharded_val"]
+
+
 def test_a_killed_data_parallel_fit_resumes_exactly(runs):
     straight, resumed = runs["halo"][0], runs["resumed"][0]
     assert_same(straight["net"], resumed["net"])
