@@ -5,8 +5,12 @@ A callback is any object with some of these methods; each gets the live
 
 - ``on_fit_start(state)``
 - ``on_epoch_start(state)``
+- ``on_step_end(state)`` -- after every optimizer step (and the guide's projection);
+  it must not read values from the device (that would be a host sync per step)
 - ``on_epoch_end(state) -> bool | None`` -- return ``True`` to stop the fit
   after this epoch (the checkpoint is still written).
+
+A prior adds its own callbacks to every fit through ``Prior.fit_callbacks()``.
 
 
 A callback that changes the set of trained parameters calls

@@ -116,8 +116,9 @@ def fit(
     :param seed: seeds the data order (a pure function of ``(seed, epoch)``) and the global
         torch RNG the guide draws from (``torch.manual_seed``; process ``r`` of a
         data-parallel fit uses ``seed + 104729 r``).
-    :param callbacks: objects with ``on_fit_start / on_epoch_start / on_epoch_end``
-        (:mod:`bayesprune.inference.callbacks`).
+    :param callbacks: objects with ``on_fit_start / on_epoch_start / on_step_end /
+        on_epoch_end`` (:mod:`bayesprune.inference.callbacks`); the prior's own
+        (``prior.fit_callbacks()``) run first.
     :param checkpoint: a folder; ``last.pt`` there is rewritten atomically every epoch
         (and every ``checkpoint_every`` steps if given), by process 0 only.
     :param resume: continue from ``checkpoint/last.pt`` -- exactly (same batches, same
@@ -176,7 +177,9 @@ def fit(
         remove_dead=remove_dead,
         n_data=n_data,
     )
-    callbacks = [fit_option("remove_dead"), *callbacks] if remove_dead else list(callbacks)
+    callbacks = [*net.prior.fit_callbacks(), *callbacks]
+    if remove_dead:
+        callbacks.insert(0, fit_option("remove_dead"))
     loss_fn = loss_from_name(loss)
 
     dev = resolve_device(device, net.device)

@@ -66,6 +66,7 @@ class Loop:
         self, state: FitState, source: Any, settings: Settings, callbacks: list[Any]
     ) -> None:
         self.state, self.source, self.cfg, self.callbacks = state, source, settings, callbacks
+        self.per_step = [cb for cb in callbacks if hasattr(cb, "on_step_end")]
         self.n_batches: int | None = source.length
         self.validated = False  # Pyro's validation and the finiteness check, first step only
         self.checkpoint_path: Path | None = None
@@ -134,6 +135,8 @@ class Loop:
         state.guide.project_()
         if state.scheduler is not None:
             state.scheduler.step()
+        for cb in self.per_step:
+            cb.on_step_end(state)
         return loss.detach()
 
     def check_first(self, loss: Tensor) -> None:

@@ -96,6 +96,12 @@ class Prior(ABC):
         (``None`` if the prior has no such notion)."""
         return None
 
+    def fit_callbacks(self) -> list[Any]:
+        """Callbacks :func:`bayesprune.fit` adds to every fit of a net with this prior (e.g. a
+        penalty that grows each epoch and a data-driven stop); see
+        :mod:`bayesprune.inference.callbacks`. Default: none."""
+        return []
+
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """JSON-able description from which :func:`bayesprune.priors.from_config` rebuilds it."""

@@ -535,3 +535,20 @@ def test_the_loop_syncs_once_per_window_not_once_per_step(build, monkeypatch, lo
     # step: 4 for 20 steps, where a sync per step would give 20 or more
     assert len(SyncCounting.syncs) <= 4, SyncCounting.syncs
     assert SyncCounting.syncs.count("__float__") >= 2  # the counter did see the windows
+
+
+def test_step_callbacks_and_the_priors_own_callbacks_run(build, class_data, monkeypatch):
+    calls = {"step": 0, "prior": 0}
+
+    class Step:
+        def on_step_end(self, state):
+            calls["step"] += 1
+
+    class FromPrior:
+        def on_epoch_end(self, state):
+            calls["prior"] += 1
+
+    net, g = build(0)
+    monkeypatch.setattr(net.prior, "fit_callbacks", lambda: [FromPrior()])
+    fit(net, class_data, g, epochs=2, callbacks=[Step()], **KW)
+    assert calls == {"step": 16, "prior": 2}
