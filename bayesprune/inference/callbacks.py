@@ -59,6 +59,8 @@ class FitState:
     elbo: list[float] = field(default_factory=list)
     elbo_steps: list[int] = field(default_factory=list)
     replicas: Replicas = field(default_factory=Replicas)
+    #: what each epoch is scored on (a Split or a loader; None: no validation)
+    val: Any = None
 
     def rebuild_optimizer(self) -> None:
         """Make a new optimizer over the current parameters (after a structural change),

@@ -1,43 +1,79 @@
-"""Plain PyTorch training: the dense baseline, and fine-tuning under fixed masks.
+"""Dense training and masked fine-tuning, through the one fit loop.
 
-The same in-memory index-slice batches as :func:`bayesprune.fit`, one Adam
-optimizer, cross-entropy -- no Pyro. Used by the baselines (magnitude pruning
-with and without fine-tune) and by the benchmarks as the "plain" reference.
+:func:`train` wraps the network with the flat :class:`~bayesprune.priors.Dense` prior (no
+sample sites: every parameter stays the module's own) and runs :func:`bayesprune.fit`, whose
+per-example loss is then exactly the mean cross-entropy of the mini-batch: the same
+index-slice batches, the same fused Adam, the same schedules, checkpoints and devices as
+every Bayesian fit. Fixed masks (:class:`~bayesprune.pruning.KeepSet`\\ s: unstructured
+``weight_mask`` or structured ``units``) are held by a
+:class:`~bayesprune.priors.weight_masks.HoldMasks` callback that zeroes the masked entries
+after every step -- masked fine-tuning.
 
 >>> import torch.nn as nn
 >>> from bayesprune.data import synthetic_classification
 >>> data = synthetic_classification(n_train=64, input_shape=(4,), n_classes=2)
 >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
->>> [round(h["seconds"] >= 0) for h in train(net, data, epochs=2, batch_size=16)]
-[1, 1]
+>>> [h["epoch"] for h in train(net, data, epochs=2, batch_size=16)]
+[1, 2]
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch import Tensor
 
-from bayesprune.data.dataset import Dataset
-from bayesprune.inference.schedules import make_schedule
+from bayesprune.guides import MAP
+from bayesprune.inference import fit
+from bayesprune.nn import sparsify
+from bayesprune.priors.dense import Dense
+from bayesprune.priors.weight_masks import HoldMasks
 from bayesprune.pruning.keepset import KeepSet
+from bayesprune.sites import join
+
+
+def keep_masks(module: nn.Module, keep: dict[str, KeepSet]) -> dict[str, Tensor]:
+    """``{parameter name: bool mask}`` of what ``keep`` holds fixed: a layer's
+    ``weight_mask``, and for kept ``units`` the weight rows and bias entries of the others.
+
+    :raises ValueError: naming a layer without a weight, or units out of range.
+    """
+    masks: dict[str, Tensor] = {}
+    for name, ks in keep.items():
+        layer = module.get_submodule(name)
+        w = getattr(layer, "weight", None)
+        if not isinstance(w, Tensor):
+            raise ValueError(f"keep: layer {name!r} has no weight to mask")
+        m = torch.ones(w.shape, dtype=torch.bool)
+        if ks.weight_mask is not None:
+            m &= ks.weight_mask.cpu()
+        if ks.units is not None:
+            units = torch.zeros(w.shape[0], dtype=torch.bool)
+            if ks.units.numel() and int(ks.units.max()) >= w.shape[0]:
+                raise ValueError(f"keep: layer {name!r} has {w.shape[0]} units, got {ks.units}")
+            units[ks.units.cpu()] = True
+            m &= units.reshape((-1,) + (1,) * (w.dim() - 1))
+            if isinstance(getattr(layer, "bias", None), Tensor):
+                masks[join(name, "bias")] = units
+        masks[join(name, "weight")] = m
+    return masks
 
 
 @torch.no_grad()
 def apply_masks(module: nn.Module, keep: dict[str, KeepSet]) -> None:
-    """Zero the weights outside each layer's ``weight_mask`` (in place)."""
-    for name, ks in keep.items():
-        if ks.weight_mask is not None:
-            w = module.get_submodule(name).weight
-            w.mul_(ks.weight_mask.to(w.device, w.dtype))
+    """Zero, in place, the weights outside each layer's ``weight_mask`` and the weight rows
+    and biases of the units not in its ``units``."""
+    for pname, m in keep_masks(module, keep).items():
+        p = module.get_parameter(pname)
+        p.mul_(m.to(p.device, p.dtype))
 
 
 def train(
     module: nn.Module,
-    data: Dataset,
+    data: Any,
     *,
     epochs: int,
     batch_size: int = 128,
@@ -46,53 +82,38 @@ def train(
     keep: dict[str, KeepSet] | None = None,
     device: str | torch.device | None = None,
     schedule: str | None = None,
+    validate: bool = False,
+    callbacks: Sequence[Any] = (),
+    **fit_options: Any,
 ) -> list[dict[str, Any]]:
-    """Train ``module`` in place with Adam on cross-entropy; returns one record per epoch.
+    """Train ``module`` in place on cross-entropy with :func:`bayesprune.fit` (Adam by
+    default); returns the fit's history, one record per epoch.
 
-    :param keep: if given, the unstructured masks are held fixed: masked weights are zeroed
-        after every step (fine-tuning a pruned network).
+    :param data: what :func:`bayesprune.fit` takes (a ``Dataset``, an ``(x, y)`` pair, a loader).
+    :param keep: if given, these keep-sets are held fixed: the pruned entries are zeroed
+        before the first step and after every step (fine-tuning a pruned network).
     :param schedule: ``None`` or ``"cosine"`` (per step, to zero), as in :func:`bayesprune.fit`.
+    :param validate: score the validation split after every epoch (``val_accuracy``).
+    :param fit_options: any other keyword of :func:`bayesprune.fit` (``optimizer=``, ...).
     """
-    if device is not None:
-        module.to(device)
-        data = data.to(device)
-    masks = {}
-    if keep:
-        apply_masks(module, keep)
-        masks = {
-            module.get_submodule(n).weight: k.weight_mask.to(data.device)
-            for n, k in keep.items()
-            if k.weight_mask is not None
-        }
-    opt = torch.optim.Adam(module.parameters(), lr=lr, fused=True)  # same optimizer as fit()
-    sched = make_schedule(opt, schedule, epochs * data.num_batches(batch_size))
-    history = []
-    for epoch in range(epochs):
-        module.train()
-        t0 = time.perf_counter()
-        total = torch.zeros((), device=data.device)
-        n = 0
-        for xb, yb in data.batches(batch_size, epoch=epoch, seed=seed):
-            loss = F.cross_entropy(module(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if masks:
-                with torch.no_grad():
-                    for w, m in masks.items():
-                        w.mul_(m)
-            total = total + loss.detach()
-            n += 1
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(total) / max(n, 1),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-    return history
+    net = sparsify(module, Dense())
+    extra = [HoldMasks(keep_masks(module, keep))] if keep else []
+    result = fit(
+        net,
+        data,
+        MAP(net),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        schedule=schedule,
+        validate=validate,
+        callbacks=[*extra, *callbacks],
+        progress=fit_options.pop("progress", False),
+        **fit_options,
+    )
+    return result.history
 
 
 @torch.inference_mode()

@@ -11,14 +11,18 @@ from typing import Any
 
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior
 from bayesprune.priors.block_gates import BlockGates
+from bayesprune.priors.dense import Dense
 from bayesprune.priors.gates import UnitGates
 from bayesprune.priors.gaussian import Gaussian
 from bayesprune.priors.halo import HALO
+from bayesprune.priors.hypersparse import HyperSparse
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
     "HALO",
+    "HyperSparse",
     "BlockGates",
+    "Dense",
     "Gaussian",
     "Prior",
     "UnitGates",
@@ -31,6 +35,8 @@ _REGISTRY: dict[str, type[Prior]] = {
     "gaussian": Gaussian,
     "gates": UnitGates,
     "block_gates": BlockGates,
+    "dense": Dense,
+    "hypersparse": HyperSparse,
 }
 
 

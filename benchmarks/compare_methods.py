@@ -1,0 +1,127 @@
+"""Unstructured pruning methods side by side on Fashion-MNIST (reduced scale).
+
+For each removed fraction κ: a dense LeNet-300-100 trained ``--epochs`` epochs through
+``bayesprune.methods.train`` (the fit loop), pruned by global magnitude without and with
+``--ft-epochs`` of masked fine-tune; HALO (MAP, ``--halo-xi``) fitted ``--epochs`` epochs
+and collapsed to the same rate; HyperSparse/ART fitted with the same total budget as
+magnitude + fine-tune (``--epochs + --ft-epochs``: 1 warm-up epoch, at most
+``--epochs - 1`` regularised ones, then ``--ft-epochs`` of masked fine-tune). Reported:
+test accuracy of the extracted network (test is only reported; nothing is chosen on it).
+
+    python benchmarks/compare_methods.py [--n-train 10000] [--epochs 3] [--ft-epochs 1]
+
+Writes benchmarks/results/compare_methods.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import bayesprune as bp
+from bayesprune.data import Dataset, Split, fashion_mnist
+from bayesprune.methods import accuracy, magnitude_keep, train
+from bayesprune.priors import HALO, HyperSparse
+from bayesprune.zoo import build
+
+
+def run(data: Dataset, args: argparse.Namespace) -> dict:
+    test = data.test
+    torch.manual_seed(args.seed)
+    dense = build(args.net)
+    t0 = time.perf_counter()
+    train(dense, data, epochs=args.epochs, seed=args.seed, lr=args.lr)
+    out: dict = {"dense": accuracy(dense, test.x, test.y), "dense_s": time.perf_counter() - t0}
+    torch.manual_seed(args.seed)
+    halo = bp.sparsify(build(args.net), HALO(args.halo_xi, args.halo_xi))
+    t0 = time.perf_counter()
+    halo_fit = bp.fit(
+        halo, data, epochs=args.epochs, seed=args.seed, lr=args.lr,
+        role_lr={"scale": 1e-2}, progress=False,
+    )  # fmt: skip
+    out["halo_s"] = time.perf_counter() - t0
+    for rate in args.rates:
+        row: dict = {}
+        keep = magnitude_keep(dense, keep=1 - rate)
+        row["magnitude"] = accuracy(bp.extract(dense, keep), test.x, test.y)
+        tuned = copy.deepcopy(dense)
+        train(tuned, data, epochs=args.ft_epochs, seed=args.seed + 1, lr=args.lr, keep=keep)
+        row["magnitude_ft"] = accuracy(bp.extract(tuned, keep), test.x, test.y)
+        small = bp.extract(halo, bp.collapse(halo, halo_fit.guide, keep=1 - rate))
+        row["halo"] = accuracy(small, test.x, test.y)
+        torch.manual_seed(args.seed)
+        prior = HyperSparse(
+            sparsity=rate,
+            lambda_init=args.hs_lambda,
+            eta=args.hs_eta,
+            warmup=1,
+            finetune=args.ft_epochs,
+            window=1,
+            max_regularise=max(args.epochs - 1, 1),
+        )
+        net = bp.sparsify(build(args.net), prior)
+        t0 = time.perf_counter()
+        res = bp.fit(
+            net, data, epochs=args.epochs + args.ft_epochs, seed=args.seed, lr=args.lr,
+            progress=False,
+        )  # fmt: skip
+        small = bp.extract(net, bp.collapse(net, res.guide, keep=1 - rate))
+        row["hypersparse"] = accuracy(small, test.x, test.y)
+        row["hypersparse_s"] = time.perf_counter() - t0
+        row["hypersparse_history"] = [
+            {k: h.get(k) for k in ("phase", "alpha", "val_accuracy", "pruned_val_accuracy")}
+            for h in res.history
+        ]
+        out[str(rate)] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", default="lenet300")
+    ap.add_argument("--n-train", type=int, default=10000, help="training examples used")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--ft-epochs", type=int, default=1)
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.9, 0.95, 0.98])
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--halo-xi", type=float, default=3e-5)
+    ap.add_argument("--hs-lambda", type=float, default=1e-5)
+    ap.add_argument("--hs-eta", type=float, default=1.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "compare_methods.json"
+    )
+    args = ap.parse_args()
+    full = fashion_mnist(flatten=True)
+    n = min(args.n_train, full.n_train)
+    data = Dataset(
+        train=Split(full.train.x[:n], full.train.y[:n]),
+        val=full.val,
+        test=full.test,
+        n_classes=full.n_classes,
+        name=full.name,
+    )
+    result = run(data, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"args": vars(args) | {"out": str(args.out)}, "result": result}, indent=2) + "\n"
+    )
+    print(f"\n{args.net}, {n} training examples, {args.epochs} epochs (+{args.ft_epochs} ft)")
+    print(f"dense test accuracy {result['dense']:.2%}\n")
+    print("| removed | magnitude | magnitude + ft | HALO | HyperSparse (ART) |")
+    print("|---|---|---|---|---|")
+    for rate in args.rates:
+        r = result[str(rate)]
+        print(
+            f"| {rate:.0%} | {r['magnitude']:.2%} | {r['magnitude_ft']:.2%} | "
+            f"{r['halo']:.2%} | {r['hypersparse']:.2%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
