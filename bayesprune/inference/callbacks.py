@@ -61,6 +61,10 @@ class FitState:
     replicas: Replicas = field(default_factory=Replicas)
     #: what each epoch is scored on (a Split or a loader; None: no validation)
     val: Any = None
+    #: the step's mini-batch ``(x, y, n_data)`` while ``on_step_end`` callbacks run
+    batch: tuple[Any, ...] | None = None
+    #: the fit's loss estimator, ``loss_fn(net, guide, x, y, n_data)`` (not divided by n_data)
+    loss_fn: Callable[..., Any] | None = None
 
     def rebuild_optimizer(self) -> None:
         """Make a new optimizer over the current parameters (after a structural change),

@@ -203,7 +203,7 @@ def fit(
     state = _initial_state(
         net, guide, data, replicas, optimizer, lr, role_lr, weight_decay, schedule, epochs, source
     )
-    state.val = val
+    state.val, state.loss_fn = val, loss_fn
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
     settings = Settings(
         epochs=epochs,

@@ -135,8 +135,11 @@ class Loop:
         state.guide.project_()
         if state.scheduler is not None:
             state.scheduler.step()
-        for cb in self.per_step:
-            cb.on_step_end(state)
+        if self.per_step:
+            state.batch = (xb, yb, n_data)
+            for cb in self.per_step:
+                cb.on_step_end(state)
+            state.batch = None
         return loss.detach()
 
     def check_first(self, loss: Tensor) -> None:

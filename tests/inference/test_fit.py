@@ -542,6 +542,9 @@ def test_step_callbacks_and_the_priors_own_callbacks_run(build, class_data, monk
 
     class Step:
         def on_step_end(self, state):
+            x, y, n_data = state.batch
+            assert x.shape[0] == y.shape[0] == 16 and n_data == 128
+            assert state.loss_fn is not None
             calls["step"] += 1
 
     class FromPrior:
