@@ -13,13 +13,27 @@ from __future__ import annotations
 from typing import Any
 
 from bayesprune.guides.base import Guide
+from bayesprune.guides.jackpot import JackpotGuide
 from bayesprune.guides.map import MAP
 from bayesprune.guides.mean_field import MeanField
 from bayesprune.nn.bayesian_net import BayesianNet
 
-__all__ = ["MAP", "Guide", "MeanField", "default_guide", "guide_from_config", "register"]
+__all__ = [
+    "MAP",
+    "Guide",
+    "JackpotGuide",
+    "MeanField",
+    "default_guide",
+    "guide_from_config",
+    "register",
+]
 
-_REGISTRY: dict[str, type[Guide]] = {"map": MAP, "mean_field": MeanField, "meanfield": MeanField}
+_REGISTRY: dict[str, type[Guide]] = {
+    "map": MAP,
+    "mean_field": MeanField,
+    "meanfield": MeanField,
+    "jackpot": JackpotGuide,
+}
 
 
 def register(name: str, cls: type[Guide]) -> None:

@@ -16,11 +16,13 @@ from bayesprune.priors.gates import UnitGates
 from bayesprune.priors.gaussian import Gaussian
 from bayesprune.priors.halo import HALO
 from bayesprune.priors.hypersparse import HyperSparse
+from bayesprune.priors.jackpot import Jackpot
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
     "HALO",
     "HyperSparse",
+    "Jackpot",
     "BlockGates",
     "Dense",
     "Gaussian",
@@ -37,6 +39,7 @@ _REGISTRY: dict[str, type[Prior]] = {
     "block_gates": BlockGates,
     "dense": Dense,
     "hypersparse": HyperSparse,
+    "jackpot": Jackpot,
 }
 
 
