@@ -50,6 +50,11 @@ def make_optimizer(
     rest += [p for _, p in net.deterministic_parameters() if p.requires_grad]
     if rest:
         groups.append({"params": rest, "lr": lr, "role": "deterministic"})
+    if not groups:
+        raise ValueError(
+            "fit: nothing to train: the guide has no parameters and every parameter of the "
+            "network has requires_grad=False"
+        )
     kw: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
     if name == "sgd":
         kw["momentum"] = 0.9

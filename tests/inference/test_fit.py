@@ -555,3 +555,11 @@ def test_step_callbacks_and_the_priors_own_callbacks_run(build, class_data, monk
     monkeypatch.setattr(net.prior, "fit_callbacks", lambda: [FromPrior()])
     fit(net, class_data, g, epochs=2, callbacks=[Step()], **KW)
     assert calls == {"step": 16, "prior": 2}
+
+
+def test_nothing_to_train_is_named(class_data, nets):
+    from bayesprune.priors import Dense
+
+    module = nets["mlp"]().requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        fit(sparsify(module, Dense()), class_data, epochs=1, **KW)
