@@ -11,6 +11,7 @@ deterministic network, ``load`` a saved one back.
 ['BayesianNet', 'FitResult', 'KeepSet', 'PruningForecast']
 """
 
+from bayesprune import methods, spaces
 from bayesprune.diagnostics import diagnose
 from bayesprune.export import load
 from bayesprune.inference import FitResult, fit
@@ -30,7 +31,9 @@ __all__ = [
     "extract",
     "fit",
     "load",
+    "methods",
     "predict_pruning",
     "report",
+    "spaces",
     "sparsify",
 ]
