@@ -1,12 +1,24 @@
-"""Per-epoch cost of a HALO fit relative to plain PyTorch training of the same dense net.
+"""Per-epoch cost of a fit relative to plain PyTorch training of the same dense net.
 
 Everything is measured in this one process, interleaved round by round (plain, MAP,
-mean-field, plain, ...) on the same in-memory Fashion-MNIST tensors, batch 128,
-Adam (fused) lr 1e-3; the figure is the ratio of median epoch times.
+mean-field, MAP per-unit, unit gates, plain, ...) on the same in-memory Fashion-MNIST
+tensors, batch 128, Adam (fused) lr 1e-3; the figure is the ratio of median epoch times.
+
+With ``--gated-epochs N`` (N > 0) it also measures, on LeNet-5, the whole gated fit with
+dead units removed during training (``UnitGates(gamma=8, cost="mixed")``,
+``fit(..., remove_dead=True)``) against plain training of the dense net for the same N
+epochs (wall time and test accuracy of both), and the latency of the extracted network
+(``collapse`` then ``extract``) against a dense LeNet-5 built directly with the same
+layer sizes (``bayesprune.metrics.paired_latency``, interleaved).
+
+With ``--compiled-epochs N`` it fits LeNet-300-100 with HALO (MAP) for N epochs with
+``loss="fused"`` and with ``loss="compiled"`` (``torch.compile``, whose compile time falls
+in the first epoch) next to N epochs of plain training: first-epoch and total times.
 
     python benchmarks/fit_overhead.py [--rounds 3] [--nets lenet300 lenet5] [--threads N]
+        [--gated-epochs 3] [--compiled-epochs 10]
 
-Writes benchmarks/results/fit_overhead.json and prints a Markdown table.
+Writes benchmarks/results/fit_overhead.json and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -24,13 +36,14 @@ import torch.nn.functional as F
 import bayesprune as bp
 from bayesprune.data import fashion_mnist
 from bayesprune.guides import MAP, MeanField
-from bayesprune.priors import HALO
+from bayesprune.metrics import paired_latency
+from bayesprune.priors import HALO, UnitGates
 from bayesprune.zoo import build
 
 
-def plain_epoch(name: str, data, epoch: int) -> float:
-    net = build(name)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+def plain_epoch(name: str, data, epoch: int, net: torch.nn.Module | None = None, opt=None) -> float:
+    net = build(name) if net is None else net
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True) if opt is None else opt
     net.train()
     t0 = time.perf_counter()
     for xb, yb in data.batches(128, epoch=epoch, seed=0):
@@ -41,11 +54,76 @@ def plain_epoch(name: str, data, epoch: int) -> float:
     return time.perf_counter() - t0
 
 
-def halo_epoch(name: str, data, guide: str, per: str) -> float:
-    net = bp.sparsify(build(name), HALO(3e-5, 3e-5, per=per))
-    g = MAP(net) if guide == "map" else MeanField(net)
+def bayes_epoch(name: str, data, guide: str, prior: str) -> float:
+    p = UnitGates(gamma=8.0) if prior == "gates" else HALO(3e-5, 3e-5, per=prior)
+    net = bp.sparsify(build(name), p)
+    g = MeanField(net) if guide == "mean_field" else MAP(net)
     r = bp.fit(net, data, g, epochs=1, progress=False, validate=False)
     return r.history[0]["seconds"]
+
+
+@torch.no_grad()
+def accuracy(module: torch.nn.Module, split) -> float:
+    module.eval()
+    hits = sum(
+        int((module(split.x[i : i + 2048]).argmax(-1) == split.y[i : i + 2048]).sum())
+        for i in range(0, len(split), 2048)
+    )
+    return hits / len(split)
+
+
+def compiled_vs_fused(data, epochs: int) -> dict:
+    """HALO-MAP LeNet-300-100 fits with the fused and the compiled loss vs plain training."""
+    out = {"epochs": epochs, "plain": [plain_epoch("lenet300", data, e) for e in range(epochs)]}
+    for loss in ("fused", "compiled"):
+        net = bp.sparsify(build("lenet300"), HALO(3e-5, 3e-5))
+        r = bp.fit(net, data, MAP(net), epochs=epochs, loss=loss, progress=False, validate=False)
+        out[loss] = [h["seconds"] for h in r.history]
+    return out
+
+
+def gated_vs_plain(data, epochs: int) -> dict:
+    """Whole gated LeNet-5 fit with live removal vs plain dense training, same epochs;
+    then the extracted network's latency vs a dense LeNet-5 of the same layer sizes."""
+    torch.manual_seed(0)
+    dense = build("lenet5")
+    opt = torch.optim.Adam(dense.parameters(), lr=1e-3, fused=True)
+    plain_s = sum(plain_epoch("lenet5", data, e, dense, opt) for e in range(epochs))
+    net = bp.sparsify(build("lenet5"), UnitGates(gamma=8.0, cost="mixed"))
+    t0 = time.perf_counter()
+    result = bp.fit(
+        net,
+        data,
+        epochs=epochs,
+        role_lr={"gate": 1e-2},
+        progress=False,
+        validate=False,
+        remove_dead=True,
+    )
+    gated_s = time.perf_counter() - t0
+    small = bp.extract(net, bp.collapse(net, result.guide))
+    sizes = [small.conv1.out_channels, small.conv2.out_channels, small.fc1.out_features]
+    same_shape = build("lenet5", channels=sizes)
+    lat_small, lat_same = paired_latency(small, same_shape, data.test.x[:256])
+    return {
+        "epochs": epochs,
+        "seconds": {"plain": plain_s, "gated": gated_s},
+        "ratio": gated_s / plain_s,
+        "test_accuracy": {
+            "plain": accuracy(dense, data.test),
+            "extracted": accuracy(small, data.test),
+        },
+        "units": sizes,
+        "latency_ms": [
+            {
+                "batch": a["batch_size"],
+                "extracted": 1e3 * a["median"],
+                "same_shape": 1e3 * b["median"],
+                "ratio": a["median"] / b["median"],
+            }
+            for a, b in zip(lat_small, lat_same, strict=True)
+        ],
+    }
 
 
 def main() -> None:
@@ -53,6 +131,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--nets", nargs="+", default=["lenet300", "lenet5"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--gated-epochs", type=int, default=0, help="epochs of the gated-fit section")
+    ap.add_argument("--compiled-epochs", type=int, default=0, help="epochs of the compile section")
     ap.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "fit_overhead.json"
     )
@@ -64,6 +144,7 @@ def main() -> None:
         ("MAP", "map", "weight"),
         ("mean-field", "mean_field", "weight"),
         ("MAP per-unit", "map", "unit"),
+        ("unit gates", "map", "gates"),
     ]
     results = {}
     for name in args.nets:
@@ -73,8 +154,8 @@ def main() -> None:
             times[label] = []
         for r in range(args.rounds):
             times["plain"].append(plain_epoch(name, data, r))
-            for label, guide, per in variants:
-                times[label].append(halo_epoch(name, data, guide, per))
+            for label, guide, prior in variants:
+                times[label].append(bayes_epoch(name, data, guide, prior))
         med = {k: statistics.median(v) for k, v in times.items()}
         results[name] = {
             "seconds": times,
@@ -87,8 +168,11 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "rounds": args.rounds,
     }
+    gated = gated_vs_plain(data, args.gated_epochs) if args.gated_epochs > 0 else None
+    compiled = compiled_vs_fused(data, args.compiled_epochs) if args.compiled_epochs > 0 else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    out = {"meta": meta, "results": results, "gated_fit": gated, "compiled": compiled}
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     labels = ["plain"] + [v[0] for v in variants]
     print(
         f"epoch time relative to plain PyTorch (median of {args.rounds} interleaved rounds, {meta['threads']} threads)"
@@ -101,6 +185,24 @@ def main() -> None:
             for k in labels
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if compiled is not None:
+        n = compiled["epochs"]
+        print(f"\nLeNet-300-100 HALO MAP, {n} epochs (seconds: first epoch / all {n}):")
+        for k in ("plain", "fused", "compiled"):
+            print(f"  {k}: {compiled[k][0]:.1f} / {sum(compiled[k]):.1f}")
+    if gated is not None:
+        acc = gated["test_accuracy"]
+        print(
+            f"\nLeNet-5, {gated['epochs']} epochs: gated fit with removal / plain dense training "
+            f"{gated['ratio']:.2f} ({gated['seconds']['gated']:.1f} s / {gated['seconds']['plain']:.1f} s); "
+            f"test accuracy extracted {100 * acc['extracted']:.2f}% vs dense {100 * acc['plain']:.2f}%; "
+            f"units {gated['units']}"
+        )
+        for lat in gated["latency_ms"]:
+            print(
+                f"latency at batch {lat['batch']}: extracted {lat['extracted']:.3f} ms, "
+                f"same shape built directly {lat['same_shape']:.3f} ms, ratio {lat['ratio']:.3f}"
+            )
 
 
 if __name__ == "__main__":

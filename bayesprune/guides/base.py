@@ -41,7 +41,7 @@ from torch import Tensor
 from bayesprune.distributions.flattening import optimal_prior_prob
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.param_store import expose
-from bayesprune.priors.gates import probs_key
+from bayesprune.priors.gates import gate_constants, probs_key
 from bayesprune.sites import Site
 
 GATE_ROLES = ("gate", "gate_prob")
@@ -52,6 +52,11 @@ def _unit(theta: Tensor) -> Tensor:
     vertex must still feel the gradient that would move it off (projected gradient);
     ``clamp`` alone would give it zero gradient there and freeze it."""
     return theta + (theta.clamp(0.0, 1.0) - theta).detach()
+
+
+def _straight_through(theta: Tensor) -> Tensor:
+    """A hard draw ``z ~ Bernoulli(θ)`` whose gradient w.r.t. θ is 1."""
+    return torch.bernoulli(theta.detach()) + (theta - theta.detach())
 
 
 def key(site_name: str) -> str:
@@ -104,10 +109,10 @@ class Guide(nn.Module, ABC):
         name = site.meta["gate"] if site.role == "gate_prob" else site.name
         return self.gate_probs[key(name)]
 
-    def _optimal_prior_prob(self, site: Site) -> Tensor:
+    def _optimal_prior_prob(self, site: Site, unit_theta: Tensor | None = None) -> Tensor:
         theta = self.gate_theta(site)
-        gamma = torch.tensor(site.meta["gamma"], device=theta.device, dtype=theta.dtype)
-        return optimal_prior_prob(_unit(theta), gamma)
+        gamma, _ = gate_constants(site.meta["gamma"], theta.device, theta.dtype)
+        return optimal_prior_prob(_unit(theta) if unit_theta is None else unit_theta, gamma)
 
     def site_distribution(self, site: Site) -> Distribution:
         """``q(site)`` as a Pyro distribution with ``event_shape == site.shape``."""
@@ -124,9 +129,7 @@ class Guide(nn.Module, ABC):
         their ``log q`` is folded into the prior's closed form (see
         :mod:`bayesprune.priors.gates`)."""
         if site.role == "gate":
-            theta = _unit(self.gate_theta(site))
-            hard = torch.bernoulli(theta.detach())
-            return hard + (theta - theta.detach()), None
+            return _straight_through(_unit(self.gate_theta(site))), None
         if site.role == "gate_prob":
             return self._optimal_prior_prob(site), None
         return self._rsample(site)
@@ -194,10 +197,18 @@ class Guide(nn.Module, ABC):
         values: dict[str, Tensor] = {}
         log_q: Tensor | None = None
         for s in self.sites:
+            if s.role in GATE_ROLES:  # θ clipped once per gate, shared by its two sites
+                gate = s.meta["gate"] if s.role == "gate_prob" else s.name
+                if probs_key(gate) not in values:
+                    values[probs_key(gate)] = _unit(self.gate_probs[key(gate)])
+                theta = values[probs_key(gate)]
+                if s.role == "gate_prob":
+                    values[s.name] = self._optimal_prior_prob(s, theta)
+                else:
+                    values[s.name] = _straight_through(theta)
+                continue
             v, lq = self.rsample_site(s)
             values[s.name] = v
-            if s.role == "gate":
-                values[probs_key(s.name)] = _unit(self.gate_theta(s))
             if lq is not None:
                 log_q = lq if log_q is None else log_q + lq
         if log_q is None:

@@ -4,11 +4,12 @@ from bayesprune.inference.callbacks import FitState, register_fit_option
 from bayesprune.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bayesprune.inference.evaluate import evaluate
 from bayesprune.inference.fit import NonFiniteLossError, fit
-from bayesprune.inference.losses import FusedELBO, TraceELBO
+from bayesprune.inference.losses import CompiledELBO, FusedELBO, TraceELBO
 from bayesprune.inference.result import FitResult
 
 __all__ = [
     "CheckpointError",
+    "CompiledELBO",
     "FitResult",
     "FitState",
     "FusedELBO",

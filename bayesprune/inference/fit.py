@@ -112,7 +112,10 @@ def fit(
     :param loss: ``"fused"`` (default, faster: Pyro's Trace_ELBO loss and gradients on the
         same draws for priors without gates; for gate priors an unbiased loss with a biased
         straight-through θ-gradient, see :mod:`bayesprune.inference.losses`) or ``"trace"``
-        (Pyro's Trace_ELBO: unbiased score-function gate gradients, far noisier).
+        (Pyro's Trace_ELBO: unbiased score-function gate gradients, far noisier) or
+        ``"compiled"`` (the fused loss through ``torch.compile``: equal to it on the same
+        seed; about 10 s of compiling, so it pays only for long MAP fits, see
+        :class:`~bayesprune.inference.losses.CompiledELBO`).
     :param seed: seeds the data order (a pure function of ``(seed, epoch)``) and the global
         torch RNG the guide draws from (``torch.manual_seed``; process ``r`` of a
         data-parallel fit uses ``seed + 104729 r``).

@@ -84,10 +84,11 @@ class CompiledELBO:
     Equal to :class:`FusedELBO` on the same seed up to float rounding (the compiled kernels
     sum in another order): random draws go through PyTorch's own generators
     (``fallback_random``), so the draws are the eager ones. Measured on LeNet-300-100 with a
-    MAP guide (CPU, 2 threads): a step 1.8x faster, after about 8 s of compiling, plus a
-    recompile for the first batch of another size (the last, short batch of an epoch) and
-    after every live removal of units (new shapes); with a mean-field guide it was slower,
-    with unit gates about 10% faster. Needs what ``torch.compile`` needs (a C++ compiler on
+    MAP guide (CPU, 2 threads): an epoch 1.7x faster once compiled, but the first epoch
+    carries about 10 s of compiling, with a recompile for the first batch of another size
+    (the last, short batch of an epoch) -- it paid only from about 15 epochs -- and another
+    after every live removal of units (new shapes); with a mean-field guide a step was
+    slower, with unit gates about 10% faster. Needs what ``torch.compile`` needs (a C++ compiler on
     CPU, Triton on CUDA).
     """
 

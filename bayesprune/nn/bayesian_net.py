@@ -3,8 +3,9 @@
 :class:`BayesianNet` keeps the user's ``nn.Module`` intact as ``.module`` and
 adds the sample sites of a prior to the chosen layers. Running the model
 samples every site, runs the user's network with the sampled weights put in
-place of the replaced parameters (``torch.func.functional_call``: no
-monkeypatching, names preserved), and observes the targets under a data plate
+place of the replaced parameters (swapped in for the call and put back after it,
+as ``torch.func.functional_call`` does, with less work per step; names
+preserved), and observes the targets under a data plate
 scaled to the training-set size.
 
 Parameters the prior does not replace (biases, BatchNorm, unselected layers)
@@ -24,13 +25,13 @@ The model exposes them to Pyro's param store (``"net$$$<name>"``, see
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import pyro
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.func import functional_call
 
 from bayesprune.nn.likelihoods import Categorical, Likelihood
 from bayesprune.nn.param_store import expose
@@ -116,16 +117,14 @@ class BayesianNet(nn.Module):
     def run(self, values: dict[str, Tensor], x: Tensor) -> Tensor:
         """The network's output on ``x`` with the site values put in place: sampled weights
         replace parameters, gate values multiply their units' outputs."""
-        overrides = {s.replaces: values[s.name] for s in self.replacing}
-        if not self.gates:
-            return functional_call(self.module, overrides, (x,), strict=False, tie_weights=False)
-        targets = self.gate_targets(x)
+        targets = self.gate_targets(x) if self.gates else {}
         handles = []
         try:
             for s in self.gates:
                 mod = self.module.get_submodule(targets[s.name])
                 handles.append(mod.register_forward_hook(_gate_hook(values[s.name], s.meta["dim"])))
-            return functional_call(self.module, overrides, (x,), strict=False, tie_weights=False)
+            with _swapped(self.module, {s.replaces: values[s.name] for s in self.replacing}):
+                return self.module(x)
         finally:
             for h in handles:
                 h.remove()
@@ -183,6 +182,27 @@ class BayesianNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"prior={self.prior!r}, layers={list(self.layer_names)}"
+
+
+@contextmanager
+def _swapped(module: nn.Module, overrides: dict[str, Tensor]) -> Iterator[None]:
+    """``module``'s parameters named in ``overrides`` replaced by the given tensors for the
+    duration of the block, then put back (even on error). What
+    ``torch.func.functional_call(module, overrides, strict=False, tie_weights=False)`` does
+    for parameters, without its per-call bookkeeping (a sizeable share of a step on small
+    networks)."""
+    slots = []
+    for name, value in overrides.items():
+        owner, _, attr = name.rpartition(".")
+        mod = module.get_submodule(owner)
+        slots.append((mod, attr, mod._parameters[attr], value))
+    try:
+        for mod, attr, _, value in slots:
+            mod._parameters[attr] = value
+        yield
+    finally:
+        for mod, attr, old, _ in slots:
+            mod._parameters[attr] = old
 
 
 def _gate_hook(gate: Tensor, dim: int):

@@ -56,6 +56,7 @@ than a unit of fc1, which is what aims the fit at a FLOPs budget.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import pyro.distributions as dist
@@ -65,7 +66,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import constraints
 
-from bayesprune.distributions.flattening import Flattening, gate_cost, optimal_prior_prob
+from bayesprune.distributions.flattening import Flattening, log_normalizer, optimal_prior_prob
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior, check_positive
 from bayesprune.priors.gaussian import Gaussian
 from bayesprune.sites import Context, Site, join
@@ -95,6 +96,21 @@ def gate_bernoulli(pi: Tensor) -> Distribution:
     fi = torch.finfo(pi.dtype)
     pi = pi.clamp(fi.tiny, 1 - fi.eps / 2)
     return dist.Bernoulli(logits=torch.log(pi) - torch.log1p(-pi)).to_event(1)
+
+
+@lru_cache(maxsize=256)
+def gate_constants(
+    gammas: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``(γ, Σ log Z(γ))`` of one gate site as tensors, built once per prices, device and
+    dtype instead of every step (they are constants; callers must not write into them).
+
+    >>> g, log_z = gate_constants((1.0, 2.0), torch.device("cpu"), torch.float64)
+    >>> g.tolist(), round(float(log_z), 4)
+    ([1.0, 2.0], -1.7028)
+    """
+    gamma = torch.tensor(gammas, device=device, dtype=dtype)
+    return gamma, log_normalizer(gamma).sum()
 
 
 def probs_key(site_name: str) -> str:
@@ -141,7 +157,7 @@ class GateSitesMixin:
         ]
 
     def gamma_of(self, site: Site, ctx: Context) -> Tensor:
-        return torch.tensor(site.meta["gamma"], device=ctx.device, dtype=ctx.dtype)
+        return gate_constants(site.meta["gamma"], ctx.device, ctx.dtype)[0]
 
     def gate_initial_value(self, site: Site, dtype: torch.dtype) -> Tensor:
         """θ₀ for a gate, and π*(θ₀) for its prior probability."""
@@ -162,7 +178,8 @@ class GateSitesMixin:
         total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
         for s in sites:
             if s.role == "gate":
-                total = total - gate_cost(values[probs_key(s.name)], self.gamma_of(s, ctx)).sum()
+                gamma, log_z = gate_constants(s.meta["gamma"], ctx.device, ctx.dtype)
+                total = total - torch.dot(gamma, values[probs_key(s.name)]) - log_z
         return total
 
 

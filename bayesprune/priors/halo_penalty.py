@@ -22,31 +22,31 @@ from torch import Tensor
 class _HaloPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta: Tensor, lam: Tensor, xi: float, psi: float) -> Tensor:
-        inv2 = lam.reciprocal().square_()  # λ^-2, θ's shape or (units, 1, ...)
+        rinv = lam.reciprocal()
+        inv2 = rinv * rinv  # λ^-2, θ's shape or (units, 1, ...)
         a = theta.abs()
-        per_weight = inv2.shape == a.shape
-        if per_weight:
+        if inv2.shape == a.shape:  # per weight
             shrink = torch.dot(a.flatten(), inv2.flatten())
-            ctx.save_for_backward(theta, lam, inv2, a)
         else:  # per-unit scales: only the row sums of |θ| are needed for dλ
-            rows = a.flatten(1).sum(1)
-            shrink = torch.dot(rows, inv2.flatten())
-            ctx.save_for_backward(theta, lam, inv2, rows)
+            a = a.flatten(1).sum(1).reshape(lam.shape)
+            shrink = torch.dot(a.flatten(), inv2.flatten())
+        ctx.save_for_backward(theta, rinv, inv2, a)
         ctx.xi, ctx.psi = xi, psi
         return shrink * xi + lam.sum() * psi
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        theta, lam, inv2, a = ctx.saved_tensors
+        # every factor stays a tensor: a Python scalar taken from ``g`` (e.g. addcmul's
+        # ``value=``) would be a host sync on CUDA
+        theta, rinv, inv2, a = ctx.saved_tensors
         xi, psi = ctx.xi, ctx.psi
         d_theta = d_lam = None
         if ctx.needs_input_grad[0]:
             # ξ g sgn(θ) / λ²  (sgn(0) = 0, the subgradient autograd's abs uses)
-            d_theta = torch.sgn(theta).mul_(inv2 * (g * xi))
+            d_theta = torch.sgn(theta).mul_(inv2).mul_(g * xi)
         if ctx.needs_input_grad[1]:
             # d/dλ [ξ|θ|/λ² + ψλ] = ψ - 2ξ|θ|/λ³
-            a = a if inv2.shape == theta.shape else a.reshape(lam.shape)
-            d_lam = torch.addcmul(psi * g, a, inv2 / lam, value=-2.0 * xi * g)
+            d_lam = torch.mul(a, inv2).mul_(rinv).mul_(g * (-2.0 * xi)).add_(g * psi)
         return d_theta, d_lam, None, None
 
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 from bayesprune import sparsify
 from bayesprune.guides import MAP, MeanField
 from bayesprune.inference import FusedELBO, TraceELBO
-from bayesprune.inference.losses import loss_from_name
+from bayesprune.inference.losses import CompiledELBO, loss_from_name
 from bayesprune.nn import Gaussian
 from bayesprune.priors import HALO
 
@@ -102,6 +102,7 @@ def test_map_loss_is_minus_log_prior_minus_scaled_log_likelihood(nets):
 def test_loss_from_name():
     assert isinstance(loss_from_name("fused"), FusedELBO)
     assert isinstance(loss_from_name("trace"), TraceELBO)
+    assert isinstance(loss_from_name("compiled"), CompiledELBO)
     with pytest.raises(ValueError, match="unknown estimator 'jit'"):
         loss_from_name("jit")
 
@@ -110,3 +111,17 @@ def test_fused_loss_refuses_n_data_smaller_than_the_batch():
     net = sparsify(nn.Sequential(nn.Linear(3, 2)), HALO(), layers=nn.Linear)
     with pytest.raises(ValueError, match="smaller than the mini-batch"):
         FusedELBO()(net, MAP(net), torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), n_data=2)
+
+
+@pytest.mark.parametrize("guide_name", ["map", "mf-delta"])
+def test_compiled_equals_fused_on_the_same_draws(nets, guide_name):
+    net = sparsify(nets["mlp"]().double(), HALO(xi=1e-2, psi=2e-2))
+    guide = GUIDES[guide_name](net)
+    x, y = torch.randn(6, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    compiled = CompiledELBO()
+    for seed in (1, 2):  # the second call runs the compiled code without compiling
+        fused, g_fused, _ = loss_and_grads(FusedELBO(), net, guide, x, y, 600, seed)
+        got, g_got, _ = loss_and_grads(compiled, net, guide, x, y, 600, seed)
+        torch.testing.assert_close(got, fused, rtol=1e-10, atol=1e-10)
+        for a, b in zip(g_got, g_fused, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -82,6 +82,17 @@ def test_run_is_differentiable_in_the_values_and_the_module(nets):
     assert module[0].weight.grad is None  # replaced
 
 
+def test_run_puts_the_parameters_back_even_when_the_network_fails(nets):
+    module = nets["mlp"]()
+    net = sparsify(module, HALO())
+    before = {n: p for n, p in module.named_parameters()}
+    with pytest.raises(RuntimeError):
+        net.run(random_values(net), torch.randn(4, 3))  # wrong input width
+    after = {n: p for n, p in module.named_parameters()}
+    assert after.keys() == before.keys()
+    assert all(after[n] is before[n] for n in before)  # the same Parameter objects
+
+
 @pytest.mark.parametrize(("n_data", "scale"), [(None, 1.0), (5, 1.0), (40, 8.0), (7, 1.4)])
 @pytest.mark.parametrize("per", ["weight", "unit"])
 def test_model_trace_sites_and_observation_scale(nets, n_data, scale, per):

@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from bayesprune import sparsify
 from bayesprune.distributions import Flattening, gate_cost, optimal_prior_prob
+from bayesprune.distributions.flattening import log_normalizer
 from bayesprune.priors import HALO, Gaussian, UnitGates, from_config
-from bayesprune.priors.gates import probs_key
+from bayesprune.priors.gates import gate_constants, probs_key
 from bayesprune.sites import Context
 from bayesprune.zoo import build
 
@@ -293,3 +294,12 @@ def test_scores_kept_fraction_and_units_alive():
     assert prior.kept_fraction(net, point) == pytest.approx(4 / 11)
     assert prior.units_alive(net, point) == {"0": 4, "2": 2}
     assert math.isclose(prior.default_threshold, 0.5)
+
+
+def test_gate_constants_are_built_once_per_prices_device_and_dtype():
+    gammas = (0.1, 3.0, 30.0)
+    gamma, log_z = gate_constants(gammas, torch.device("cpu"), torch.float64)
+    torch.testing.assert_close(gamma, torch.tensor(gammas, dtype=torch.float64))
+    torch.testing.assert_close(log_z, log_normalizer(gamma).sum())
+    assert gate_constants(gammas, torch.device("cpu"), torch.float64)[0] is gamma
+    assert gate_constants(gammas, torch.device("cpu"), torch.float32)[0].dtype == torch.float32

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 
-import pyro.distributions
 import pytest
 import torch
 import torch.nn as nn
@@ -178,11 +177,7 @@ def _close_gates(net, guide, keep: dict[str, torch.Tensor]) -> None:
 def _fixed_noise(monkeypatch, noises: list[torch.Tensor]) -> None:
     """Mean-field draws ``loc + eps * scale`` with the given ``eps``, in site order."""
     queue = list(noises)
-
-    def rsample(self, sample_shape=torch.Size()):  # noqa: B008
-        return self.loc + queue.pop(0) * self.scale
-
-    monkeypatch.setattr(pyro.distributions.Normal, "rsample", rsample)
+    monkeypatch.setattr(MeanField, "noise", lambda self, loc: queue.pop(0).to(loc))
 
 
 def _noise(guide, seed: int = 1) -> dict[str, torch.Tensor]:
