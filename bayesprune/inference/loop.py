@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,33 @@ class Loop:
         path = resume.save(self.state, cfg.checkpoint, cfg.signature, cfg.device, epoch_sum)
         if path is not None:
             self.checkpoint_path = path
+
+
+@contextmanager
+def cuda_sync_check() -> Iterator[None]:
+    """Within the block, every step of every fit after its first (which checks the loss once,
+    on purpose) runs under ``torch.cuda.set_sync_debug_mode("error")``: a host sync inside
+    the step raises. A no-op for fits off CUDA.
+
+    >>> with cuda_sync_check():
+    ...     pass
+    """
+    original = Loop.step
+
+    def step(self: Loop, xb: Tensor, yb: Tensor) -> Tensor:
+        if self.cfg.device.type != "cuda" or not self.validated:
+            return original(self, xb, yb)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original(self, xb, yb)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    Loop.step = step  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Loop.step = original  # type: ignore[method-assign]
 
 
 def unit_share(net: BayesianNet) -> float:

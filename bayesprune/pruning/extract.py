@@ -80,9 +80,11 @@ def _dropped(ks: KeepSet, n_out: int) -> list[int]:
     return [i for i in range(n_out) if i not in kept]
 
 
-def _dependency_graph(
+def dependency_graph(
     module: nn.Module, example_input: Tensor | None, who: str = "extract"
 ) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``module``, traced once on ``example_input`` in
+    eval mode (the module's mode is restored); ``who`` names the caller in errors."""
     if example_input is None:
         raise ValueError(
             f"{who}: removing units needs an example input to trace the network; pass "
@@ -325,7 +327,7 @@ def masked_copy(
     _apply_values_and_masks(module, keep)
     keep = _identity_blocks(module, keep)
     if any(k.units is not None for k in keep.values()):
-        dg = _dependency_graph(module, example_input)
+        dg = dependency_graph(module, example_input)
         _zero_kept_units(module, dg, keep)
         for layer, drop in _plan(module, dg, keep):
             _zero_out_channels(dg, _group(dg, layer, drop))
@@ -362,7 +364,7 @@ def extract(
     _apply_values_and_masks(module, keep)
     keep = _identity_blocks(module, keep, replace=True, check_on=example_input if check else None)
     if any(k.units is not None for k in keep.values()):
-        dg = _dependency_graph(module, example_input)
+        dg = dependency_graph(module, example_input)
         _zero_kept_units(module, dg, keep)
         plan = _plan(module, dg, keep)
         for layer, drop in plan:  # out-channels of planned layers are untouched by earlier groups

@@ -73,7 +73,7 @@ from torch import Tensor
 from bayesprune.guides.base import Guide, check_pair, key
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.unit_origin import RECORD, UnitOrigin, original_sites, removed_units, unit_origin
-from bayesprune.pruning.extract import _dependency_graph, _group, _plan
+from bayesprune.pruning.extract import _group, _plan, dependency_graph
 from bayesprune.pruning.keepset import KeepSet
 from bayesprune.sites import Site, join
 
@@ -464,7 +464,7 @@ def remove_units(
             f"{WHO}: needs an example input to trace the network; pass example_input= "
             "(fit records one in net.example_input)"
         )
-    dg = _dependency_graph(module, example_input, WHO)
+    dg = dependency_graph(module, example_input, WHO)
     keepsets: dict[str, KeepSet] = {}
     for n in net.layer_names:  # every unit layer takes part in the coupling rule
         if n in wanted:

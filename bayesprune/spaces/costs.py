@@ -28,12 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch import Tensor
 
 from bayesprune.metrics import count_flops, count_parameters
+from bayesprune.pruning.extract import dependency_graph
 
 _BN = nn.modules.batchnorm._BatchNorm
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, _BN)
@@ -48,18 +47,6 @@ class _Term:
     bias: float  # parameters scaled by the out fraction only
     out: int = -1  # index of the pruned layer whose units are this module's outputs
     ins: list[tuple[int, float]] = field(default_factory=list)  # (layer, slices per unit / in)
-
-
-def _dependency_graph(module: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
-    was = module.training
-    module.eval()
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
-                module, example_inputs=example_input, verbose=False
-            )
-    finally:
-        module.train(was)
 
 
 def _in_size(m: nn.Module) -> int:
@@ -108,7 +95,7 @@ class CostModel:
         self._fixed = float(
             sum(r["params"] for r in params["layers"] if r["name"] not in terms)
         )  # parameters of modules no unit removal touches
-        dg = _dependency_graph(module, example_input)
+        dg = dependency_graph(module, example_input, who="PruningSpace")
         for i, name in enumerate(layers):
             layer = names[name]
             group = dg.get_pruning_group(

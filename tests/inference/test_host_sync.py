@@ -94,21 +94,7 @@ def test_no_host_sync_per_step_on_cuda(variant):
     few, many = _syncs(variant, 16 * 5, "cuda"), _syncs(variant, 16 * 15, "cuda")
     assert few == many
     # the step loop alone, under CUDA's own sync detector
-    from bayesprune.inference.loop import Loop
+    from bayesprune.inference.loop import cuda_sync_check
 
-    original = Loop.step
-
-    def strict(self, xb, yb):
-        if not self.validated:
-            return original(self, xb, yb)  # the first step checks the loss once, on purpose
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return original(self, xb, yb)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-
-    Loop.step = strict
-    try:
+    with cuda_sync_check():
         _syncs(variant, 16 * 5, "cuda")
-    finally:
-        Loop.step = original
