@@ -5,10 +5,13 @@ For each removed fraction κ: a dense LeNet-300-100 trained ``--epochs`` epochs 
 ``--ft-epochs`` of masked fine-tune; HALO (MAP, ``--halo-xi``) fitted ``--epochs`` epochs
 and collapsed to the same rate; HyperSparse/ART fitted with the same total budget as
 magnitude + fine-tune (``--epochs + --ft-epochs``: 1 warm-up epoch, at most
-``--epochs - 1`` regularised ones, then ``--ft-epochs`` of masked fine-tune). Reported:
+``--epochs - 1`` regularised ones, then ``--ft-epochs`` of masked fine-tune); with
+``--jackpot-epochs J``, lottery-jackpot mask searches over the dense net's frozen weights
+(magnitude- and random-initialised scores, J epochs each, restricted swaps). Reported:
 test accuracy of the extracted network (test is only reported; nothing is chosen on it).
 
     python benchmarks/compare_methods.py [--n-train 10000] [--epochs 3] [--ft-epochs 1]
+        [--jackpot-epochs 3] [--rates 0.9 0.95 0.98]
 
 Writes benchmarks/results/compare_methods.json and prints a Markdown table.
 """
@@ -26,7 +29,7 @@ import torch
 import bayesprune as bp
 from bayesprune.data import Dataset, Split, fashion_mnist
 from bayesprune.methods import accuracy, magnitude_keep, train
-from bayesprune.priors import HALO, HyperSparse
+from bayesprune.priors import HALO, HyperSparse, Jackpot
 from bayesprune.zoo import build
 
 
@@ -77,8 +80,34 @@ def run(data: Dataset, args: argparse.Namespace) -> dict:
             {k: h.get(k) for k in ("phase", "alpha", "val_accuracy", "pruned_val_accuracy")}
             for h in res.history
         ]
+        if args.jackpot_epochs:
+            row.update(jackpots(dense, data, rate, args))
         out[str(rate)] = row
     return out
+
+
+def jackpots(dense: torch.nn.Module, data: Dataset, rate: float, args: argparse.Namespace) -> dict:
+    """Lottery-jackpot mask searches over the dense net's frozen weights, magnitude- and
+    random-initialised scores, ``--jackpot-epochs`` each: test accuracy of the extracted
+    network, validation accuracy after every epoch, and the first epoch at which the
+    magnitude-initialised search reaches the random one's final validation accuracy."""
+    row: dict = {}
+    for init in ("magnitude", "random"):
+        torch.manual_seed(args.seed)
+        net = bp.sparsify(copy.deepcopy(dense), Jackpot(sparsity=rate, init=init))
+        t0 = time.perf_counter()
+        res = bp.fit(
+            net, data, epochs=args.jackpot_epochs, seed=args.seed, lr=args.jackpot_lr,
+            progress=False,
+        )  # fmt: skip
+        small = bp.extract(net, bp.collapse(net, res.guide))
+        row[f"jackpot_{init}"] = accuracy(small, data.test.x, data.test.y)
+        row[f"jackpot_{init}_s"] = time.perf_counter() - t0
+        row[f"jackpot_{init}_val"] = [h["val_accuracy"] for h in res.history]
+    target = row["jackpot_random_val"][-1]
+    reached = [e + 1 for e, a in enumerate(row["jackpot_magnitude_val"]) if a >= target]
+    row["jackpot_magnitude_epochs_to_random_final"] = reached[0] if reached else None
+    return row
 
 
 def main() -> None:
@@ -92,6 +121,8 @@ def main() -> None:
     ap.add_argument("--halo-xi", type=float, default=3e-5)
     ap.add_argument("--hs-lambda", type=float, default=1e-5)
     ap.add_argument("--hs-eta", type=float, default=1.5)
+    ap.add_argument("--jackpot-epochs", type=int, default=0, help="0: no jackpot columns")
+    ap.add_argument("--jackpot-lr", type=float, default=0.1, help="lr of the mask scores")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "compare_methods.json"
@@ -113,14 +144,23 @@ def main() -> None:
     )
     print(f"\n{args.net}, {n} training examples, {args.epochs} epochs (+{args.ft_epochs} ft)")
     print(f"dense test accuracy {result['dense']:.2%}\n")
-    print("| removed | magnitude | magnitude + ft | HALO | HyperSparse (ART) |")
-    print("|---|---|---|---|---|")
+    jp = args.jackpot_epochs > 0
+    head = "| removed | magnitude | magnitude + ft | HALO | HyperSparse (ART) |"
+    head += " jackpot, magnitude init | jackpot, random init | epochs to random's final |" * jp
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     for rate in args.rates:
         r = result[str(rate)]
-        print(
+        line = (
             f"| {rate:.0%} | {r['magnitude']:.2%} | {r['magnitude_ft']:.2%} | "
             f"{r['halo']:.2%} | {r['hypersparse']:.2%} |"
         )
+        if jp:
+            line += (
+                f" {r['jackpot_magnitude']:.2%} | {r['jackpot_random']:.2%} |"
+                f" {r['jackpot_magnitude_epochs_to_random_final']} of {args.jackpot_epochs} |"
+            )
+        print(line)
 
 
 if __name__ == "__main__":
