@@ -20,7 +20,8 @@ from bayesprune.data import synthetic_classification
 from bayesprune.guides import MAP
 from bayesprune.inference import evaluate
 from bayesprune.inference.distributed import Replicas
-from bayesprune.priors import HALO, UnitGates
+from bayesprune.methods import train
+from bayesprune.priors import HALO, Jackpot, UnitGates
 
 N_TRAIN, GLOBAL_BATCH = 192, 32  # 6 steps per epoch
 
@@ -113,6 +114,16 @@ def gates_loader(out: Path):
     return net, result.guide, result, seen
 
 
+def jackpot_search(out: Path):
+    """A lottery-jackpot mask search (restricted swaps decided on each process's batch)
+    over an MLP pre-trained by the toolkit, both under data parallelism."""
+    dense = mlp()
+    train(dense, data(), epochs=2, batch_size=GLOBAL_BATCH, lr=1e-2)
+    net = sparsify(dense, Jackpot(sparsity=0.8))
+    result = fit(net, data(), epochs=2, batch_size=GLOBAL_BATCH, lr=1e-2, progress=False)
+    return net, result.guide, result, None
+
+
 def sharded_validation(net, guide) -> dict[str, float]:
     """The validation scores from a loader each process reads a different half of."""
     val = data().val
@@ -143,6 +154,7 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save(out, "halo", *halo_tensors(out))
     save(out, "gates", *gates_loader(out))
+    save(out, "jackpot", *jackpot_search(out))
     # killed mid-epoch 2 (step 11; the last checkpoint is at step 9), then resumed
     ck = out / "ck"
     kill_at(11)

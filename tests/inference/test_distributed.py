@@ -42,7 +42,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     torchrun(str(HERE / "ddp_fit.py"), str(out))
     return {
         case: [torch.load(out / f"{case}-rank{r}.pt", weights_only=True) for r in (0, 1)]
-        for case in ("halo", "gates", "resumed")
+        for case in ("halo", "gates", "resumed", "jackpot")
     } | {"folder": out}
 
 
@@ -61,7 +61,7 @@ def test_every_process_sees_its_own_half_of_the_data(runs, case):
     assert len(r0) == len(r1) == ddp_fit.N_TRAIN // 2
 
 
-@pytest.mark.parametrize("case", ["halo", "gates", "resumed"])
+@pytest.mark.parametrize("case", ["halo", "gates", "resumed", "jackpot"])
 def test_both_processes_end_identical(runs, case):
     a, b = runs[case]
     assert_same(a["net"], b["net"])
@@ -69,6 +69,11 @@ def test_both_processes_end_identical(runs, case):
     assert a["history"] == b["history"]
     assert a["elbo"] == b["elbo"]
     assert a["removed"] == b["removed"]
+
+
+def test_the_jackpot_search_swapped_masks_identically_on_both_processes(runs):
+    swaps = [sum(h["jackpot_swaps"]) for h in runs["jackpot"][0]["history"]]
+    assert sum(swaps) > 0, "no swap was made: the test does not exercise the restriction"
 
 
 def test_gates_removed_units_during_the_data_parallel_fit(runs):
