@@ -138,7 +138,9 @@ def fit(
         network; ``history[i]["units"]`` shows the units alive per layer and
         ``history[i]["removed"]`` those removed. Checkpoints record the removals
         (original indexing) and ``resume`` replays them on a freshly built net.
-    :returns: :class:`~bayesprune.inference.FitResult`.
+    :returns: :class:`~bayesprune.inference.FitResult`. At the end, ``net.module`` holds the
+        posterior point estimate (``guide.point()``) of every weight a site replaces
+        (:func:`write_back`), so it is the fitted network; the guide holds the posterior.
     :raises NonFiniteLossError: when the loss becomes NaN/Inf; the last checkpoint stays intact.
 
     **Data parallelism.** Under ``torchrun --nproc_per_node=N`` (or with a process group the
@@ -233,6 +235,7 @@ def fit(
     call(callbacks, "on_fit_start", state)
     loop = Loop(state, source, settings, callbacks)
     stopped = loop.run(resumed_sum)
+    write_back(net, state.guide)
     return FitResult(
         net=net,
         guide=state.guide,
@@ -243,6 +246,20 @@ def fit(
         stopped_early=stopped,
         removed=removed_units(net),
     )
+
+
+@torch.no_grad()
+def write_back(net: BayesianNet, guide: Guide) -> None:
+    """Copy the posterior point estimate (``guide.point()``) of every parameter a site
+    replaces into ``net.module``, in place, so that the module is the fitted network (its
+    gates, if any, are not applied: see ``collapse``/``extract``). Priors whose module
+    weights are data (``prior.writes_back = False``: a jackpot's frozen weights) are left
+    alone."""
+    if not net.prior.writes_back:
+        return
+    point = guide.point()
+    for s in net.replacing:
+        net.module.get_parameter(s.replaces).copy_(point[s.name])
 
 
 def _initial_state(

@@ -45,6 +45,10 @@ class Prior(ABC):
     name: str = "prior"
     #: ``collapse(..., threshold=None)`` keeps elements scoring above this
     default_threshold: float = 0.0
+    #: at the end of a fit, copy the posterior point estimate of the weights this prior's
+    #: sites replace into the user's module (``False``: the module's weights are data the
+    #: prior must keep, e.g. a jackpot's frozen pre-trained weights)
+    writes_back: bool = True
 
     def default_selection(self, module: nn.Module, names: list[str]) -> list[str]:
         """Trim the layers chosen by default (``layers=None``); e.g. gates leave out the

@@ -110,6 +110,7 @@ class Jackpot(Prior):
     default_guide = "jackpot"
     #: collapse's scores are the 0/1 mask: the default threshold keeps the ones
     default_threshold = 0.5
+    writes_back = False  # the module's weights are the frozen pre-trained ones
 
     def __init__(
         self,

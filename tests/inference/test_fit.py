@@ -103,8 +103,21 @@ def test_fit_trains_the_deterministic_parameters_in_place(build, class_data):
     result = fit(net, class_data, guide, epochs=1, **KW)
     assert result.net is net and result.guide is guide
     assert not torch.equal(net.module[0].bias, bias_before)
-    assert torch.equal(net.module[0].weight, weight_before)  # replaced: lives in the guide
+    # replaced by a site: trained in the guide, its point estimate written back at the end
     assert not torch.equal(guide.point()["0.weight"], weight_before)
+    assert torch.equal(net.module[0].weight, guide.point()["0.weight"])
+
+
+def test_after_fit_the_module_is_the_fitted_network(build, class_data):
+    from bayesprune.pruning import collapse, extract
+
+    net, guide = build(0, "mean_field")
+    fit(net, class_data, guide, epochs=1, **KW)
+    x = class_data.val.x
+    collapsed = extract(net, collapse(net, guide, keep=1.0))
+    net.module.eval()
+    torch.testing.assert_close(net.module(x), collapsed(x))
+    torch.testing.assert_close(net.module(x), net.predict(guide.point(), x))
 
 
 def test_regression_fit_reports_rmse():
