@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import bayesprune as bp
-from bayesprune.data import Dataset, Split, fashion_mnist
+from bayesprune.data import Dataset, fashion_mnist
 from bayesprune.methods import accuracy, magnitude_keep, train
 from bayesprune.priors import HALO, HyperSparse, Jackpot
 from bayesprune.zoo import build
@@ -139,14 +139,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     full = fashion_mnist(flatten=True)
-    n = min(args.n_train, full.n_train)
-    data = Dataset(
-        train=Split(full.train.x[:n], full.train.y[:n]),
-        val=full.val,
-        test=full.test,
-        n_classes=full.n_classes,
-        name=full.name,
-    )
+    data = full.first(args.n_train)
+    n = data.n_train
     result = run(data, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import bayesprune as bp
-from bayesprune.data import Dataset, Split, fashion_mnist
+from bayesprune.data import Dataset, fashion_mnist
 from bayesprune.methods import accuracy, l1_unit_keep, train
 from bayesprune.metrics import count_flops
 from bayesprune.priors import UnitGates
@@ -89,14 +89,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     full = fashion_mnist(flatten=args.net == "lenet300")
-    n = min(args.n_train, full.n_train)
-    data = Dataset(
-        train=Split(full.train.x[:n], full.train.y[:n]),
-        val=full.val,
-        test=full.test,
-        n_classes=full.n_classes,
-        name=full.name,
-    )
+    data = full.first(args.n_train)
+    n = data.n_train
     result = run(data, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

@@ -86,6 +86,17 @@ class Dataset:
             test=None if self.test is None else self.test.to(device),
         )
 
+    def first(self, n_train: int) -> Dataset:
+        """The same data set with only its first ``n_train`` training examples (the other
+        splits whole), for quick runs.
+
+        >>> ds = Dataset(train=Split(torch.zeros(10, 2), torch.zeros(10)), n_classes=2)
+        >>> len(ds.first(4).train), len(ds.first(40).train)
+        (4, 10)
+        """
+        n = min(int(n_train), self.n_train)
+        return replace(self, train=Split(self.train.x[:n], self.train.y[:n]))
+
     def split(self, name: str) -> Split:
         s = getattr(self, name, None)
         if not isinstance(s, Split):

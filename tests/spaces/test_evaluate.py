@@ -28,16 +28,21 @@ def data():
     return synthetic_classification(256, 128, 0, input_shape=(8,), n_classes=3, seed=0)
 
 
-@pytest.fixture(scope="module")
-def fitted(data):
+def gated_mlp(data, epochs: int):
+    """A gated 8-12-8-3 MLP fitted ``epochs`` epochs: ``(net, guide)``."""
     torch.manual_seed(0)
     module = nn.Sequential(
         nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)
     )
     net = sparsify(module, UnitGates(gamma=2.0))
     guide = MAP(net)
-    fit(net, data, guide, epochs=3, batch_size=32, role_lr={"gate": 1e-2}, progress=False)
+    fit(net, data, guide, epochs=epochs, batch_size=32, role_lr={"gate": 1e-2}, progress=False)
     return net, guide
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return gated_mlp(data, epochs=3)
 
 
 def test_uniform_and_posterior_populations_end_to_end(fitted, data, tmp_path):
@@ -78,13 +83,7 @@ def test_uniform_and_posterior_populations_end_to_end(fitted, data, tmp_path):
 
 
 def test_subnetworks_inherit_the_fitted_weights(data):
-    torch.manual_seed(0)
-    module = nn.Sequential(
-        nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)
-    )
-    net = sparsify(module, UnitGates(gamma=2.0))
-    guide = MAP(net)
-    fit(net, data, guide, epochs=1, batch_size=32, role_lr={"gate": 1e-2}, progress=False)
+    net, guide = gated_mlp(data, epochs=1)
     with torch.no_grad():  # the module's weights are not the guide's point estimate now
         net.module[0].weight.add_(1.0)
     point = guide.point()
