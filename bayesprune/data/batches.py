@@ -93,10 +93,6 @@ class TensorBatches:
     def n_data(self) -> int:
         return len(self.split)
 
-    @property
-    def sharded(self) -> bool:
-        return self.world > 1
-
     def __len__(self) -> int:
         return (self.n_data - self.dropped + self.batch_size - 1) // self.batch_size
 
