@@ -1,8 +1,9 @@
 """The import order is the pipeline order: a module never imports a higher floor.
 
-``metrics`` sits on the ground floor although the pipeline reads it late: it counts the
-parameters, FLOPs and latency of plain ``nn.Module``s, imports nothing of bayesprune, and
-the gate priors' complexity-aware prices need its FLOP counter.
+``errors`` imports nothing and every floor raises its errors. ``metrics`` sits on the
+ground floor although the pipeline reads it late: it counts the parameters, FLOPs and
+latency of plain ``nn.Module``s, imports nothing of bayesprune, and the gate priors'
+complexity-aware prices need its FLOP counter.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import ast
 from pathlib import Path
 
 FLOORS = [
-    ("data", "zoo", "distributions", "sites", "blocks", "metrics"),
+    ("errors", "data", "zoo", "distributions", "sites", "blocks", "metrics"),
     ("priors",),
     ("nn",),
     ("guides",),

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from bayesprune.data import Dataset, get_dataset
 from bayesprune.data.augment import AUGMENTATIONS, augmented_loader
+from bayesprune.errors import SpecError
 from bayesprune.guides import guide_from_config
 from bayesprune.guides.base import Guide
 from bayesprune.nn import BayesianNet, sparsify
@@ -65,10 +66,6 @@ FIT_DEFAULTS: dict[str, Any] = {
     "remove_dead": False,
 }
 COLLAPSE_KEYS = ("keep", "threshold", "scope", "by")
-
-
-class SpecError(ValueError):
-    """A malformed spec: the message names the file, section and key."""
 
 
 def _layers(value: Any, where: str) -> Any:

@@ -25,16 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesprune.errors import ExportMismatchError
 from bayesprune.export.safetensors_io import atomic_output
 from bayesprune.metrics.flops import _as_args, _eval_mode
 
 __all__ = ["ExportMismatchError", "export_torchscript"]
 
 logger = logging.getLogger(__name__)
-
-
-class ExportMismatchError(ValueError):
-    """An exported model's outputs differ from the eager module's beyond tolerance."""
 
 
 def export_torchscript(

@@ -22,11 +22,9 @@ from typing import Any
 
 import torch
 
+from bayesprune.errors import CheckpointError
+
 CHECKPOINT_NAME = "last.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt or does not fit the model."""
 
 
 def save_checkpoint(

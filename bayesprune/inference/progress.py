@@ -13,9 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message says where and which checkpoint is intact."""
+from bayesprune.errors import NonFiniteLossError
 
 
 def step_bar(total: int | None, initial: int, epoch: int, epochs: int, show: bool) -> tqdm:
