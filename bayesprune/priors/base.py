@@ -27,6 +27,7 @@ import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
 
+from bayesprune.errors import UnsupportedError
 from bayesprune.sites import Context, Site
 
 DEFAULT_LAYER_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -99,6 +100,18 @@ class Prior(ABC):
         """Fraction of prunable elements currently alive, for progress reports
         (``None`` if the prior has no such notion)."""
         return None
+
+    #: roles of sites whose mode given the layer's other sites has a closed form
+    #: (:meth:`conditional_mode`): a MAP guide can profile them out instead of training them
+    profiled_roles: tuple[str, ...] = ()
+
+    def conditional_mode(self, site: Site, values: dict[str, Tensor]) -> Tensor:
+        """``argmax p(site | the layer's other sites)`` in closed form, from ``values`` (at least
+        the sites ``site`` is conditioned on); only for roles in :attr:`profiled_roles`."""
+        raise UnsupportedError(
+            f"{type(self).__name__} has no closed-form conditional mode for site {site.name!r} "
+            f"(role {site.role!r}); profiled roles: {list(self.profiled_roles) or 'none'}"
+        )
 
     def fit_callbacks(self) -> list[Any]:
         """Callbacks :func:`bayesprune.fit` adds to every fit of a net with this prior (e.g. a

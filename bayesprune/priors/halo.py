@@ -132,6 +132,26 @@ class HALO(Prior):
         )
         return const - halo_penalty(theta, self._expand(lam, weight_site.shape), xi_n, psi_n)
 
+    # --- profiling λ out ---------------------------------------------------------------
+    profiled_roles = ("scale",)
+
+    def conditional_mode(self, site: Site, values: dict[str, Tensor]) -> Tensor:
+        """The scale that maximises ``p(θ, λ)`` given the layer's weights:
+        ``λ* = (2ξA/ψ)^(1/3)`` with ``A = |θ_j|`` per weight or ``A = Σ_j|θ_j|`` over a unit
+        (``d/dλ [ξA/λ² + ψλ] = 0``). Zero where the weights are zero: a guide floors it.
+
+        >>> import torch, torch.nn as nn
+        >>> prior = HALO(xi=1.0, psi=2.0)
+        >>> scale, weight = prior.layer_sites("fc", nn.Linear(2, 1))
+        >>> prior.conditional_mode(scale, {"fc.weight": torch.tensor([[8.0, -0.0]])})
+        tensor([[2., 0.]])
+        """
+        if site.role not in self.profiled_roles:
+            return super().conditional_mode(site, values)
+        theta = values[join(site.layer, "weight")]
+        a = theta.abs() if self.per == "weight" else theta.flatten(1).abs().sum(1)
+        return a.mul(2.0 * self.xi / self.psi).pow_(1.0 / 3.0).reshape(site.shape)
+
     # --- collapse ----------------------------------------------------------------------
     def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:
         """``|θ̂|`` per weight, or the L2 norm of each unit's weights for ``per="unit"``.
