@@ -8,13 +8,16 @@ A residual block computes ``act(branch(x) + shortcut(x))``. Block gates multiply
 
 A module is a residual block if
 
-- its class has a ``branch_end`` attribute naming that submodule (the zoo's
-  :class:`~bayesprune.zoo.resnet_cifar.BasicBlock`; optionally a ``shortcut``
-  attribute naming the shortcut submodule, default ``"downsample"``, and an
-  ``as_shortcut()`` method building its replacement), or
-- its type was registered with :func:`register_block` (torchvision's
-  ``BasicBlock`` and ``Bottleneck`` are, as soon as torchvision's ResNets are
-  imported).
+- its class has a ``branch_end`` attribute naming that submodule (optionally a
+  ``shortcut`` attribute naming the shortcut submodule, default ``"downsample"``,
+  and an ``as_shortcut()`` method building its replacement), or
+- its type was registered with :func:`register_block` (the zoo's
+  :class:`~bayesprune.zoo.resnet_cifar.BasicBlock` registers itself when it is
+  defined; torchvision's ``BasicBlock`` and ``Bottleneck`` are registered as soon
+  as torchvision's ResNets are imported).
+
+This module sits below the zoo: the zoo imports it and registers its blocks, never
+the other way round.
 
 The shortcut submodule may be ``None`` (identity) or any module (e.g. a 1×1
 conv + BatchNorm when the block changes shape); the activation after the
@@ -74,11 +77,14 @@ def _register_torchvision() -> None:
 
 
 def block_types() -> tuple[type, ...]:
-    """The registered residual block types (and the zoo's)."""
-    from bayesprune.zoo.resnet_cifar import BasicBlock
+    """The registered residual block types, in the order they were registered.
 
+    >>> from bayesprune.zoo.resnet_cifar import BasicBlock
+    >>> BasicBlock in block_types()
+    True
+    """
     _register_torchvision()
-    return (BasicBlock, *_REGISTERED)
+    return tuple(_REGISTERED)
 
 
 def block_spec(module: nn.Module) -> BlockSpec | None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from bayesprune.data import Dataset, synthetic_classification
+from tests.helpers import mlp  # also imported from here: tests.conftest.mlp
 
 # One torch thread per test process: under pytest-xdist every worker would otherwise
 # start as many threads as there are cores, and tiny ops stall on oversubscription.
@@ -26,11 +27,6 @@ def _seeded() -> Iterator[None]:
     validating = pyro.infer.util.is_validation_enabled()
     yield
     pyro.enable_validation(validating)
-
-
-def mlp(in_features: int = 8, hidden: int = 16, out: int = 3) -> nn.Sequential:
-    """Two Linear layers with a ReLU between them (names ``"0"`` and ``"2"``)."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
 class ConvNet(nn.Module):

@@ -36,6 +36,41 @@ def run_main(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def mlp(*widths: int) -> nn.Sequential:
+    """Linear layers of the given widths with a ReLU after every one but the last (default
+    8-16-3: layers ``"0"`` and ``"2"``).
+
+    >>> [m.out_features for m in mlp(4, 6, 5, 3) if isinstance(m, nn.Linear)]
+    [6, 5, 3]
+    """
+    widths = widths or (8, 16, 3)
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def n_params(module: nn.Module) -> int:
+    """Every parameter element of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def set_gates(guide, thetas: dict[str, list[float]]) -> None:
+    """Put the gate probabilities θ of a gate guide at ``thetas`` (by layer name)."""
+    from bayesprune.guides.base import key
+
+    with torch.no_grad():
+        for layer, theta in thetas.items():
+            guide.gate_probs[key(f"{layer}.gate")].copy_(torch.tensor(theta))
+
+
+def resnet(**kwargs) -> nn.Module:
+    """The zoo's ResNet-20 at width 1/4 for 8x8 inputs (stage channels 4, 8, 16)."""
+    from bayesprune.zoo import build
+
+    return build("resnet20", width=0.25, input_size=8, **kwargs)
+
+
 def mlp_bn(sizes: tuple[int, int, int, int] = (5, 6, 4, 2)) -> nn.Sequential:
     """Linear-BatchNorm-ReLU, Linear-ReLU, Linear with the given widths."""
     a, b, c, d = sizes
@@ -44,15 +79,20 @@ def mlp_bn(sizes: tuple[int, int, int, int] = (5, 6, 4, 2)) -> nn.Sequential:
     )
 
 
-def randomise_batchnorm(module: nn.Module) -> None:
-    """Running statistics and affine parameters away from their defaults."""
+def randomise_batchnorm(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Running statistics and affine parameters away from their defaults (with those, BN
+    maps 0 to 0 and zeroing a unit or a residual branch would go untested); scales stay in
+    [0.5, 1.5], so nothing is close to 0 unless it is removed. Returns ``module``."""
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(n, generator=generator))
+                    m.bias.copy_(0.2 * torch.randn(n, generator=generator))
+    return module
 
 
 def assert_fused_equals_trace(

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from bayesprune.nn.selection import LayerSelector, select_layers
+from bayesprune.priors.base import DEFAULT_LAYER_TYPES
+from bayesprune.priors.weight_masks import top_magnitude_masks
 from bayesprune.pruning.keepset import KeepSet
-
-_DEFAULT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @torch.no_grad()
@@ -33,24 +33,10 @@ def magnitude_keep(
         raise ValueError(f"magnitude_keep: keep must be in (0, 1], got {keep!r}")
     if scope not in ("global", "layer"):
         raise ValueError(f"magnitude_keep: scope must be 'global' or 'layer', got {scope!r}")
-    names = select_layers(module, layers, default=_DEFAULT)
-    weights = {n: module.get_submodule(n).weight.detach().abs() for n in names}
-    result: dict[str, KeepSet] = {}
+    names = select_layers(module, layers, default=DEFAULT_LAYER_TYPES)
+    weights = {n: module.get_submodule(n).weight for n in names}
     if scope == "global":
-        flat = torch.cat([w.flatten() for w in weights.values()])
-        k = round(keep * flat.numel())
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-        if k:
-            mask[torch.topk(flat, k, sorted=False).indices] = True
-        off = 0
-        for n, w in weights.items():
-            result[n] = KeepSet(weight_mask=mask[off : off + w.numel()].reshape(w.shape).cpu())
-            off += w.numel()
+        masks = top_magnitude_masks(weights, keep)
     else:
-        for n, w in weights.items():
-            k = round(keep * w.numel())
-            m = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
-            if k:
-                m[torch.topk(w.flatten(), k, sorted=False).indices] = True
-            result[n] = KeepSet(weight_mask=m.reshape(w.shape).cpu())
-    return result
+        masks = {n: top_magnitude_masks({n: w}, keep)[n] for n, w in weights.items()}
+    return {n: KeepSet(weight_mask=m.cpu()) for n, m in masks.items()}

@@ -21,6 +21,15 @@ Bias additions, activations, pooling, residual additions and anything done by
 functional calls (``torch.add``, ``F.relu``) are *not* counted; the leaf module
 types that ran without being counted are listed under ``uncounted``.
 
+Matrix products and convolutions done by functional calls outside those modules
+(``x @ w``, ``F.linear``, attention scores) are counted apart, by
+:class:`torch.utils.flop_counter.FlopCounterMode` during the same forward, as
+``functional_macs`` (its FLOPs halved: it counts 2 per MAC); they are not part of
+``macs``. The module hooks stay the source of ``macs`` because FlopCounterMode has no
+BatchNorm (which we count), knows nothing of the weights (no sparse count), and misses
+fused kernels (e.g. the inference fast path of ``nn.TransformerEncoderLayer``); on
+Conv/Linear layers the two agree exactly (``tests/metrics/test_flops.py``).
+
 Differences from ``torch_pruning.utils.count_ops_and_params`` (which mixes
 MACs and single operations): it adds one op per output element for a bias of
 a Conv/Linear, counts BatchNorm as ``2 * numel`` ops (our ``flops`` for a
@@ -46,6 +55,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_flops"]
 
@@ -54,6 +64,7 @@ logger = logging.getLogger(__name__)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_COUNTED = _CONV + _CONV_T + (nn.Linear,) + _BN
 
 
 def count_flops(
@@ -73,6 +84,8 @@ def count_flops(
         example), ``flops`` (``2 * macs``: one multiply plus one add per MAC),
         ``sparse_macs`` (MACs whose weight is nonzero), ``macs_by_kind``
         (``conv``, ``conv_transpose``, ``linear``, ``batchnorm``),
+        ``functional_macs`` (matrix products and convolutions outside the counted
+        modules, not in ``macs``; see the module docstring),
         ``batch_size``, ``uncounted`` (types of leaf modules that ran but are
         not counted) and ``layers``: one row per counted module that ran, in
         ``named_modules`` order, with ``name``, ``type``, ``kind``, ``calls``,
@@ -96,8 +109,20 @@ def count_flops(
     names = {m: name for name, m in module.named_modules()}
     totals: dict[nn.Module, list[int]] = {}  # module -> [calls, macs, sparse_macs], whole batch
     uncounted: set[str] = set()
+    counter = FlopCounterMode(display=False)
+    inside = {"depth": 0, "start": 0, "flops": 0}  # counter's FLOPs within counted modules
+
+    def enter(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if isinstance(mod, _COUNTED):
+            if inside["depth"] == 0:
+                inside["start"] = counter.get_total_flops()
+            inside["depth"] += 1
 
     def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if isinstance(mod, _COUNTED):
+            inside["depth"] -= 1
+            if inside["depth"] == 0:
+                inside["flops"] += counter.get_total_flops() - inside["start"]
         counted = _count_call(mod, inputs, output)
         if counted is None:
             if not any(True for _ in mod.children()):
@@ -111,8 +136,9 @@ def count_flops(
     handles = []
     try:
         for m in names:
+            handles.append(m.register_forward_pre_hook(enter))
             handles.append(m.register_forward_hook(hook))
-        with _eval_mode(module), torch.no_grad():
+        with _eval_mode(module), torch.no_grad(), counter:
             module(*args)
     finally:
         for h in handles:
@@ -141,11 +167,15 @@ def count_flops(
     total_macs = _per_example(sum(t[1] for t in totals.values()), batch_size)
     if uncounted:
         logger.debug("count_flops: not counted: %s", ", ".join(sorted(uncounted)))
+    functional = (counter.get_total_flops() - inside["flops"]) // 2
+    if functional:
+        logger.debug("count_flops: %d MACs in functional calls, not in macs", functional)
     return {
         "macs": total_macs,
         "flops": 2 * total_macs,
         "sparse_macs": _per_example(sum(t[2] for t in totals.values()), batch_size),
         "macs_by_kind": {k: _per_example(v, batch_size) for k, v in by_kind.items()},
+        "functional_macs": _per_example(functional, batch_size),
         "batch_size": batch_size,
         "uncounted": sorted(uncounted),
         "layers": rows,

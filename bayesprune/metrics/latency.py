@@ -8,6 +8,14 @@ accelerator (CUDA, MPS, XPU) the device is synchronised before starting and
 before stopping the clock. We report order statistics (median, percentiles)
 rather than only the mean, since latency distributions have long right tails.
 
+What comes from :mod:`torch.utils.benchmark`: ``Timer.blocked_autorange`` chooses
+``number`` (its block-size search, which also warms up further) and ``Measurement``
+gives the median, mean and interquartile range. What stays ours, and why: the timed
+samples themselves. ``blocked_autorange`` runs for a fixed time rather than a fixed
+number of samples (``repeats`` is part of the API), cannot interleave two modules, and
+``Timer.timeit`` runs at least two untimed forwards before every sample, which would
+triple the cost of timing a slow network.
+
 :func:`compare_latency` times two modules interleaved (A, B, A, B, ...), so
 that drift (thermal throttling, other processes, frequency scaling) hits both
 alike. Never compare numbers taken on different machines or thread counts.
@@ -23,13 +31,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import benchmark
 
 from bayesprune.metrics.flops import _as_args, _eval_mode, _infer_batch_size
 
@@ -61,8 +69,8 @@ def measure_latency(
         as ``batch_size``.
     :param repeats: timed samples.
     :param warmup: untimed forwards before timing (allocator, caches, lazy
-        init); the last of them also calibrates ``number``, so at least one
-        untimed forward runs even with ``warmup=0``.
+        init); choosing ``number`` (``Timer.blocked_autorange``) runs a few more,
+        so at least one untimed forward runs even with ``warmup=0``.
     :param device: where to run; default: the device of the module's first
         parameter or buffer, else of the first input tensor, else CPU.
     :param threads: intra-op CPU threads for the measurement
@@ -89,7 +97,7 @@ def measure_latency(
     module = _on_device(module, dev)
     with _threads(threads), _eval_mode(module), torch.inference_mode():
         run = _timer(module, args, dev)
-        number = _calibrate(run, warmup, min_time)
+        number = _calibrate(module, args, dev, run, warmup, min_time)
         samples = [run(number) for _ in range(repeats)]
         n_threads = torch.get_num_threads()
     return _stats(samples, number, warmup, batch_size, dev, n_threads)
@@ -131,8 +139,8 @@ def compare_latency(
     a, b = _on_device(a, dev), _on_device(b, dev)
     with _threads(threads), _eval_mode(a), _eval_mode(b), torch.inference_mode():
         run_a, run_b = _timer(a, args, dev), _timer(b, args, dev)
-        number_a = _calibrate(run_a, warmup, min_time)
-        number_b = _calibrate(run_b, warmup, min_time)
+        number_a = _calibrate(a, args, dev, run_a, warmup, min_time)
+        number_b = _calibrate(b, args, dev, run_b, warmup, min_time)
         samples_a, samples_b = [], []
         for _ in range(repeats):
             samples_a.append(run_a(number_a))
@@ -167,30 +175,52 @@ def paired_latency(
     return la, lb
 
 
+def _clock(device: torch.device) -> Callable[[], float]:
+    """``perf_counter`` after synchronising ``device`` (``benchmark.timer`` would synchronise
+    the current accelerator, which need not be the one measured, even for a CPU run)."""
+
+    def now() -> float:
+        _synchronize(device)
+        return time.perf_counter()
+
+    return now
+
+
 def _timer(
     module: nn.Module, args: tuple[Any, ...], device: torch.device
 ) -> Callable[[int], float]:
     """A function timing ``number`` forwards and returning seconds per forward."""
+    clock = _clock(device)
 
     def run(number: int) -> float:
-        _synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             module(*args)
-        _synchronize(device)
-        return (time.perf_counter() - start) / number
+        return (clock() - start) / number
 
     return run
 
 
-def _calibrate(run: Callable[[int], float], warmup: int, min_time: float) -> int:
-    """Run the warm-up and choose how many forwards one sample needs to last ``min_time``."""
-    for _ in range(max(warmup - 1, 0)):
+def _calibrate(
+    module: nn.Module,
+    args: tuple[Any, ...],
+    device: torch.device,
+    run: Callable[[int], float],
+    warmup: int,
+    min_time: float,
+) -> int:
+    """Run the warm-up, then let ``Timer.blocked_autorange`` choose how many forwards one
+    sample needs to last ``min_time`` (at most ``_MAX_NUMBER``)."""
+    for _ in range(warmup):
         run(1)
-    one = run(1)  # the last warm-up call doubles as the calibration
-    if min_time <= 0 or one >= min_time:
-        return 1
-    return min(_MAX_NUMBER, math.ceil(min_time / max(one, 1e-9)))
+    timer = benchmark.Timer(
+        "module(*args)",
+        globals={"module": module, "args": args},
+        timer=_clock(device),
+        num_threads=torch.get_num_threads(),  # Timer's default is 1 thread
+    )
+    number = timer.blocked_autorange(min_run_time=min_time).number_per_run
+    return min(_MAX_NUMBER, number)
 
 
 def _stats(
@@ -201,19 +231,27 @@ def _stats(
     device: torch.device,
     threads: int,
 ) -> dict[str, Any]:
-    s = sorted(samples)
-    median = _percentile(s, 50)
+    measured = benchmark.Measurement(
+        number_per_run=1,  # the samples are already seconds per forward
+        raw_times=list(samples),
+        task_spec=benchmark.TaskSpec("module(*args)", "pass", num_threads=threads),
+    )
+    # the same linear interpolation as Measurement's quartiles, also at the 10 % tails
+    q = torch.tensor(samples, dtype=torch.float64).quantile(
+        torch.tensor([0.1, 0.25, 0.75, 0.9], dtype=torch.float64)
+    )
+    p10, p25, p75, p90 = q.tolist()
     return {
-        "median": median,
-        "mean": sum(s) / len(s),
-        "min": s[0],
-        "p10": _percentile(s, 10),
-        "p25": _percentile(s, 25),
-        "p75": _percentile(s, 75),
-        "p90": _percentile(s, 90),
-        "iqr": _percentile(s, 75) - _percentile(s, 25),
-        "per_example_median": median / batch_size,
-        "repeats": len(s),
+        "median": measured.median,
+        "mean": measured.mean,
+        "min": min(samples),
+        "p10": p10,
+        "p25": p25,
+        "p75": p75,
+        "p90": p90,
+        "iqr": measured.iqr,
+        "per_example_median": measured.median / batch_size,
+        "repeats": len(samples),
         "warmup": warmup,
         "number": number,
         "batch_size": batch_size,
@@ -221,14 +259,6 @@ def _stats(
         "threads": threads,
         "samples": list(samples),
     }
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default) of already sorted values."""
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def _check_counts(repeats: int, warmup: int, min_time: float) -> None:

@@ -45,11 +45,11 @@ from pyro.distributions import Distribution
 from torch import Tensor
 
 from bayesprune.blocks import block_spec, block_types
+from bayesprune.metrics import count_flops
 from bayesprune.priors.base import Prior
 from bayesprune.priors.gates import GateSitesMixin, check_gate_args, probs_key
+from bayesprune.priors.unit_costs import complexity_prices
 from bayesprune.sites import Context, Site, join
-
-COSTS = ("uniform", "flops", "params", "mixed")
 
 
 class BlockGates(GateSitesMixin, Prior):
@@ -100,11 +100,8 @@ class BlockGates(GateSitesMixin, Prior):
                 f"BlockGates(cost={self.cost!r}) needs an example input to count the FLOPs of "
                 "each block: pass sparsify(..., example_input=x) or use a zoo network"
             )
-        from bayesprune.metrics import count_flops
-
         macs = {row["name"]: row["macs"] for row in count_flops(module, example_input)["layers"]}
-        flops: dict[str, float] = {}
-        params: dict[str, float] = {}
+        costs: dict[str, dict[str, Tensor]] = {}
         for name in layer_names:
             block = module.get_submodule(name)
             spec = block_spec(block)
@@ -114,18 +111,15 @@ class BlockGates(GateSitesMixin, Prior):
                 for n, m in block.named_modules()
                 if n and not (short and (n + ".").startswith(short))
             ]
-            flops[name] = float(sum(macs.get(join(name, n), 0) for n, _ in branch))
-            params[name] = float(
-                sum(p.numel() for _, m in branch for p in m.parameters(recurse=False))
-            )
-
-        def normalised(c: dict[str, float]) -> dict[str, float]:
-            mean = sum(c.values()) / len(c)
-            return {n: v / mean if mean > 0 else 1.0 for n, v in c.items()}
-
-        f, p = normalised(flops), normalised(params)
-        per = {"flops": f, "params": p, "mixed": {n: 0.5 * (f[n] + p[n]) for n in f}}[self.cost]
-        self._prices = {n: self.gamma * v for n, v in per.items()}
+            flops = sum(macs.get(join(name, n), 0) for n, _ in branch)
+            params = sum(p.numel() for _, m in branch for p in m.parameters(recurse=False))
+            # a block is one unit; float64 keeps the prices as exact as Python floats
+            costs[name] = {
+                "flops": torch.tensor([flops], dtype=torch.float64),
+                "params": torch.tensor([params], dtype=torch.float64),
+            }
+        prices = complexity_prices(self.gamma, self.cost, costs)
+        self._prices = {n: float(p) for n, p in prices.items()}
 
     def price(self, name: str) -> float:
         """γ_b of the block ``name``."""

@@ -69,9 +69,8 @@ from torch.distributions import constraints
 from bayesprune.distributions.flattening import Flattening, log_normalizer, optimal_prior_prob
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior, check_positive
 from bayesprune.priors.gaussian import Gaussian
+from bayesprune.priors.unit_costs import COSTS, complexity_prices, unit_costs
 from bayesprune.sites import Context, Site, join
-
-COSTS = ("uniform", "flops", "params", "mixed")
 
 
 def check_gate_args(owner: str, gamma: float, cost: str, init_prob: float) -> None:
@@ -236,17 +235,8 @@ class UnitGates(GateSitesMixin, Prior):
                 f"UnitGates(cost={self.cost!r}) needs an example input to count FLOPs and "
                 "parameters per unit: pass sparsify(..., example_input=x) or use a zoo network"
             )
-        from bayesprune.priors.unit_costs import unit_costs
-
         costs = unit_costs(module, layer_names, example_input)
-        if self.cost == "mixed":
-            per = {
-                n: 0.5 * (c["flops"] / c["flops_mean"] + c["params"] / c["params_mean"])
-                for n, c in costs.items()
-            }
-        else:
-            per = {n: c[self.cost] / c[f"{self.cost}_mean"] for n, c in costs.items()}
-        self._prices = {n: self.gamma * v for n, v in per.items()}
+        self._prices = complexity_prices(self.gamma, self.cost, costs)
 
     def prices(self, name: str, n_units: int) -> Tensor:
         """γ_u for every unit of layer ``name``."""

@@ -11,18 +11,27 @@ layer's MACs.
 >>> c = unit_costs(net, ["0"], torch.zeros(1, 4))["0"]
 >>> int(c["params"][0]), int(c["flops"][0])  # 4 weights + 1 bias + 3 consumer weights; 4 + 3 MACs
 (8, 7)
+
+:func:`complexity_prices` turns such costs into the gate priors' prices (unit gates price
+units, block gates price blocks: both normalise here).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.metrics import count_flops
 
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
+
+#: how a gate prior prices its gates: γ each, or γ scaled by what removing the gated part saves
+COSTS = ("uniform", "flops", "params", "mixed")
 
 
 def unit_costs(
@@ -69,8 +78,51 @@ def unit_costs(
             "flops": torch.full((n_units,), flops),
         }
     for kind in ("params", "flops"):
-        allv = torch.cat([c[kind] for c in out.values()])
-        mean = float(allv.mean()) if allv.numel() else 1.0
+        mean = mean_cost(out, kind)
         for c in out.values():
-            c[f"{kind}_mean"] = mean if mean > 0 else 1.0
+            c[f"{kind}_mean"] = mean
     return out
+
+
+def mean_cost(costs: Mapping[str, Mapping[str, Tensor | float]], kind: str) -> float:
+    """The mean of ``kind`` over every unit of every entry of ``costs``; 1.0 where that
+    mean is not positive (no unit saves anything of that kind).
+
+    >>> mean_cost({"a": {"flops": torch.tensor([1.0, 2.0])}, "b": {"flops": torch.tensor([6.0])}},
+    ...           "flops")
+    3.0
+    """
+    values = torch.cat([torch.as_tensor(c[kind]).reshape(-1) for c in costs.values()])
+    mean = float(values.mean()) if values.numel() else 1.0
+    return mean if mean > 0 else 1.0
+
+
+def complexity_prices(
+    gamma: float, cost: str, costs: Mapping[str, Mapping[str, Tensor | float]]
+) -> dict[str, Tensor]:
+    """Prices γ per unit from what removing each unit saves, normalised so that the mean
+    price over all units of all entries is ``gamma`` (unit and block gates both price here).
+
+    :param cost: ``"flops"``, ``"params"`` or ``"mixed"`` (the mean of the two ratios).
+    :param costs: per gated layer (or block), tensors ``"flops"`` and ``"params"`` with one
+        value per unit (a block is one unit).
+
+    >>> costs = {"a": {"flops": torch.tensor([1.0]), "params": torch.tensor([4.0])},
+    ...          "b": {"flops": torch.tensor([3.0]), "params": torch.tensor([4.0])}}
+    >>> {n: p.tolist() for n, p in complexity_prices(10.0, "mixed", costs).items()}
+    {'a': [7.5], 'b': [12.5]}
+    """
+    if cost not in COSTS[1:]:
+        raise ConfigError(f"complexity_prices: cost must be one of {COSTS[1:]}, got {cost!r}")
+    ratio: dict[str, dict[str, Tensor]] = {}
+    for kind in ("flops", "params"):
+        values = {n: torch.as_tensor(c[kind]) for n, c in costs.items()}
+        mean = mean_cost(costs, kind)
+        saves = any(bool((v > 0).any()) for v in values.values())
+        # where no unit saves anything of this kind, every unit is priced alike (γ)
+        ratio[kind] = {n: v / mean if saves else torch.ones_like(v) for n, v in values.items()}
+    if cost == "mixed":
+        per = {n: 0.5 * (ratio["flops"][n] + ratio["params"][n]) for n in costs}
+    else:
+        per = ratio[cost]
+    return {n: gamma * v for n, v in per.items()}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayesprune.blocks import Shortcut
+from bayesprune.blocks import Shortcut, register_block
 
 __all__ = ["BasicBlock", "ResNetCIFAR", "resnet20", "resnet32", "resnet44", "resnet56"]
 
@@ -77,6 +77,10 @@ class BasicBlock(nn.Module):
         """The block with its residual branch at 0: ``relu(shortcut(x))`` (shares the
         shortcut's parameters, under the same names)."""
         return Shortcut(self.downsample)
+
+
+# blocks.py lies below the zoo and never imports it: the zoo's block announces itself
+register_block(BasicBlock, branch_end=BasicBlock.branch_end, shortcut=BasicBlock.shortcut)
 
 
 class ResNetCIFAR(nn.Module):

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from bayesprune.methods import l1_prune, l1_unit_keep
 from bayesprune.pruning import extract, masked_copy
+from tests.helpers import n_params
 
 
 class ConvNet(nn.Module):
@@ -24,10 +25,6 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def test_keeps_the_units_with_largest_l1_norm_and_the_output_layer_whole():

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 import torchvision
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from bayesprune.metrics import count_flops
 
@@ -229,3 +230,42 @@ def test_resnet18_reference_macs() -> None:
     conv_linear = r["macs_by_kind"]["conv"] + r["macs_by_kind"]["linear"]
     assert math.isclose(conv_linear / 1e9, 1.81, abs_tol=0.01)
     assert r["macs_by_kind"]["batchnorm"] > 0
+
+
+# --- cross-check with torch.utils.flop_counter ------------------------------------------
+# FlopCounterMode counts 2 FLOPs per MAC of matrix products and convolutions, no BatchNorm.
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        *[((lambda m=c[1]: m), c[2]) for c in HAND_CASES],
+        (_lenet5, (2, 1, 28, 28)),
+        (lambda: torchvision.models.resnet18(weights=None), (1, 3, 64, 64)),
+    ],
+    ids=[*(c[0] for c in HAND_CASES), "lenet5", "resnet18"],
+)
+def test_agrees_with_flop_counter_mode(build, shape: tuple) -> None:
+    net = build().eval()
+    x = torch.randn(shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    r = count_flops(net, x, batch_size=1)  # whole-batch counts
+    assert counter.get_total_flops() == 2 * (r["macs"] - r["macs_by_kind"].get("batchnorm", 0))
+    assert r["functional_macs"] == 0
+
+
+def test_functional_products_are_counted_apart() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+            self.w = nn.Parameter(torch.randn(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x)
+            return h @ self.w + F.linear(h, self.w.T)
+
+    r = count_flops(Functional(), torch.randn(5, 6))
+    assert r["macs"] == 6 * 4 and r["layers"][0]["macs"] == 6 * 4  # the Linear module only
+    assert r["functional_macs"] == 2 * 4 * 3  # two products of a 4-vector with a 4x3 matrix

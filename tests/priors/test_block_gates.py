@@ -18,24 +18,9 @@ from bayesprune.priors import BlockGates, from_config
 from bayesprune.priors.gates import probs_key
 from bayesprune.pruning import KeepSet, collapse, extract, masked_copy
 from bayesprune.zoo import build
+from tests.helpers import randomise_batchnorm, resnet
 
 BLOCKS = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
-
-
-def resnet(**kw):
-    return build("resnet20", width=0.25, input_size=8, **kw)
-
-
-def randomize_norms(model: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so a branch is far from 0 unless gated."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1, 0.3)
-                m.bias.normal_(0, 0.2)
-    return model
 
 
 def gates_at(net, closed: set[str]) -> dict[str, torch.Tensor]:
@@ -144,7 +129,7 @@ def test_fused_log_prob_is_the_closed_form():
     "closed", [{"layer1.1"}, {"layer2.0"}, {"layer1.0", "layer3.0", "layer3.2"}]
 )
 def test_closed_gate_equals_the_block_replaced_by_its_shortcut(closed):
-    module = randomize_norms(resnet()).eval()
+    module = randomise_batchnorm(resnet()).eval()
     net = sparsify(module, BlockGates())
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
@@ -158,7 +143,7 @@ def test_closed_gate_equals_the_block_replaced_by_its_shortcut(closed):
 
 
 def test_torchvision_resnet18_blocks_are_gated():
-    module = randomize_norms(torchvision.models.resnet18(num_classes=5)).eval()
+    module = randomise_batchnorm(torchvision.models.resnet18(num_classes=5)).eval()
     x = torch.randn(2, 3, 32, 32)
     net = sparsify(module, BlockGates(), example_input=x[:1])
     assert list(net.layer_names) == [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1)]
@@ -183,7 +168,7 @@ class TwoBottlenecks(nn.Module):
 
 
 def test_torchvision_bottlenecks_gate_bn3():
-    module = randomize_norms(TwoBottlenecks()).eval()
+    module = randomise_batchnorm(TwoBottlenecks()).eval()
     x = torch.randn(3, 1, 8, 8)
     net = sparsify(module, BlockGates(cost="mixed"), example_input=x[:1])
     assert [s.meta["target"] for s in net.gates] == ["blocks.0.bn3", "blocks.1.bn3"]

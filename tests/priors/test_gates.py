@@ -18,10 +18,7 @@ from bayesprune.priors import HALO, Gaussian, UnitGates, from_config
 from bayesprune.priors.gates import gate_constants, probs_key
 from bayesprune.sites import Context
 from bayesprune.zoo import build
-
-
-def mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+from tests.helpers import mlp
 
 
 def names(net) -> list[str]:
@@ -32,7 +29,7 @@ def names(net) -> list[str]:
 
 
 def test_default_selection_leaves_out_the_output_layer():
-    net = sparsify(mlp(), UnitGates(gamma=2.0))
+    net = sparsify(mlp(4, 6, 5, 3), UnitGates(gamma=2.0))
     assert net.layer_names == ("0", "2")
     assert names(net)[:3] == ["0.gate_prob", "0.gate", "0.weight"]
     assert sparsify(build("lenet5", width=0.25), UnitGates()).layer_names == (
@@ -45,10 +42,10 @@ def test_default_selection_leaves_out_the_output_layer():
 
 
 def test_explicit_layers_are_taken_as_given():
-    assert sparsify(mlp(), UnitGates(), layers=nn.Linear).layer_names == ("0", "2", "4")
-    assert sparsify(mlp(), UnitGates(), layers=["4"]).layer_names == ("4",)
+    assert sparsify(mlp(4, 6, 5, 3), UnitGates(), layers=nn.Linear).layer_names == ("0", "2", "4")
+    assert sparsify(mlp(4, 6, 5, 3), UnitGates(), layers=["4"]).layer_names == ("4",)
     with pytest.raises(TypeError, match="'1'.*ReLU"):
-        sparsify(mlp(), UnitGates(), layers=["1"])
+        sparsify(mlp(4, 6, 5, 3), UnitGates(), layers=["1"])
 
 
 def test_sites_describe_the_gates():
@@ -61,7 +58,7 @@ def test_sites_describe_the_gates():
     assert gate.meta["gamma"] == (4.0, 4.0, 4.0) == prob.meta["gamma"]
     assert gate.meta["dim"] == 1 and gate.meta["target"] == "0" and gate.meta["prob"] == prob.name
     assert prob.meta["gate"] == gate.name
-    lin = sparsify(mlp(), UnitGates()).site("0.gate")
+    lin = sparsify(mlp(4, 6, 5, 3), UnitGates()).site("0.gate")
     assert lin.meta["dim"] == -1
     assert torch.equal(net.initial_value(gate), torch.full((3,), 0.7))
     torch.testing.assert_close(
@@ -71,7 +68,7 @@ def test_sites_describe_the_gates():
 
 def test_halo_weight_prior_composes():
     prior = UnitGates(gamma=3.0, weight_prior=HALO(xi=1e-3, psi=2e-3, per="unit"))
-    net = sparsify(mlp(), prior)
+    net = sparsify(mlp(4, 6, 5, 3), prior)
     assert names(net) == [
         "0.gate_prob",
         "0.gate",
@@ -149,14 +146,16 @@ def test_gates_cannot_be_their_own_weight_prior():
 @pytest.mark.parametrize("cost", ["flops", "params", "mixed"])
 def test_complexity_prices_need_an_example_input(cost):
     with pytest.raises(ValueError, match="example input"):
-        sparsify(mlp(), UnitGates(cost=cost))
-    net = sparsify(mlp(), UnitGates(gamma=3.0, cost=cost), example_input=torch.zeros(1, 4))
+        sparsify(mlp(4, 6, 5, 3), UnitGates(cost=cost))
+    net = sparsify(
+        mlp(4, 6, 5, 3), UnitGates(gamma=3.0, cost=cost), example_input=torch.zeros(1, 4)
+    )
     prices = [g for s in net.gates for g in s.meta["gamma"]]
     assert sum(prices) / len(prices) == pytest.approx(3.0)
 
 
 def test_uniform_prices():
-    net = sparsify(mlp(), UnitGates(gamma=3.0))
+    net = sparsify(mlp(4, 6, 5, 3), UnitGates(gamma=3.0))
     assert all(g == 3.0 for s in net.gates for g in s.meta["gamma"])
 
 
@@ -213,7 +212,7 @@ def test_closed_form_is_the_expected_elbo_term(dtype, gamma, tol):
     π* is far below the float epsilon: a ``Bernoulli(probs=π*)`` would clamp it (and the
     Trace_ELBO would see a wrong KL), the logits parametrisation does not."""
     prior = UnitGates(gamma=gamma, weight_prior=Gaussian(0.5))
-    net = sparsify(mlp().to(dtype), prior)
+    net = sparsify(mlp(4, 6, 5, 3).to(dtype), prior)
     ctx = Context(n_data=20, dtype=dtype)
     theta = {
         s.name: torch.tensor([0.0, 0.05, 0.3, 0.5, 0.9, 1.0], dtype=dtype)[: s.shape[0]]
@@ -254,7 +253,7 @@ def test_closed_form_is_the_expected_elbo_term(dtype, gamma, tol):
 def test_gate_distribution_keeps_tiny_prior_probabilities():
     """log p(z = 1 | π) = log π even for π below the float epsilon (float32 and float64)."""
     prior = UnitGates(gamma=3.0)
-    net = sparsify(mlp(), prior)
+    net = sparsify(mlp(4, 6, 5, 3), prior)
     gate = net.site("0.gate")
     for dtype in (torch.float32, torch.float64):
         pi = torch.tensor([1e-30, 1e-12, 0.3, 1 - 1e-3, 0.0, 1.0], dtype=dtype)
@@ -272,7 +271,7 @@ def test_gate_distribution_keeps_tiny_prior_probabilities():
 
 def test_gate_prob_distribution_is_the_flattening_prior():
     prior = UnitGates(gamma=3.0, cost="params")
-    net = sparsify(mlp(), prior, example_input=torch.zeros(1, 4))
+    net = sparsify(mlp(4, 6, 5, 3), prior, example_input=torch.zeros(1, 4))
     site = net.site("2.gate_prob")
     d = prior.distribution(site, {}, Context(100))
     assert d.event_shape == (5,)
@@ -285,7 +284,7 @@ def test_gate_prob_distribution_is_the_flattening_prior():
 
 def test_scores_kept_fraction_and_units_alive():
     prior = UnitGates()
-    net = sparsify(mlp(), prior)
+    net = sparsify(mlp(4, 6, 5, 3), prior)
     point = {
         probs_key("0.gate"): torch.tensor([0.0, 0.2, 0.5, 0.51, 1.0, 0.0]),
         probs_key("2.gate"): torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0]),

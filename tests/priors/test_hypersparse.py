@@ -17,13 +17,7 @@ from bayesprune.priors import HyperSparse, from_config
 from bayesprune.priors.hypersparse_penalty import hypersparse_penalty, hypersparse_scale
 from bayesprune.priors.hypersparse_schedule import plan, stop_rule_fires, switch_epoch
 from bayesprune.sites import Context
-from tests.helpers import assert_fused_equals_trace
-
-
-def mlp() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)
-    )
+from tests.helpers import assert_fused_equals_trace, mlp
 
 
 def direct_hs(ws: list[torch.Tensor], kappa: float) -> torch.Tensor:
@@ -68,7 +62,7 @@ def test_scale_puts_the_quantile_at_tanh_asinh():
 
 def test_last_layer_carries_the_coupled_term_over_all_layers():
     prior = HyperSparse(sparsity=0.8)
-    net = sparsify(mlp().double(), prior)
+    net = sparsify(mlp(8, 16, 12, 3).double(), prior)
     prior.alpha = 1e-3
     values = {
         s.name: torch.randn(s.shape, dtype=torch.float64, requires_grad=True) for s in net.sites
@@ -92,7 +86,7 @@ def test_last_layer_carries_the_coupled_term_over_all_layers():
 @pytest.mark.parametrize("alpha", [0.0, 2e-3])
 def test_fused_loss_equals_trace_elbo(alpha):
     prior = HyperSparse(sparsity=0.7)
-    net = sparsify(mlp().double(), prior)
+    net = sparsify(mlp(8, 16, 12, 3).double(), prior)
     prior.alpha = alpha
     guide = MAP(net)
     x, y = torch.randn(10, 8, dtype=torch.float64), torch.randint(0, 3, (10,))
@@ -148,7 +142,7 @@ def test_end_to_end_sparsify_fit_collapse_extract():
         tolerance=0.05,
         max_regularise=3,
     )
-    net = sparsify(mlp(), prior)
+    net = sparsify(mlp(8, 16, 12, 3), prior)
     result = fit(net, data, epochs=20, batch_size=32, lr=1e-2, progress=False)
     phases = [h["phase"] for h in result.history]
     assert result.stopped_early and phases[:2] == ["warmup", "warmup"]
@@ -169,7 +163,7 @@ def test_end_to_end_sparsify_fit_collapse_extract():
 
 
 def test_fit_without_a_validation_split_fails_before_training():
-    net = sparsify(mlp(), HyperSparse(sparsity=0.5))
+    net = sparsify(mlp(8, 16, 12, 3), HyperSparse(sparsity=0.5))
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     with pytest.raises(ValueError, match="validation split"):
         fit(net, (x, y), epochs=1, progress=False)
@@ -201,7 +195,7 @@ def test_a_resumed_fit_gets_the_same_phases_and_alpha(tmp_path):
 
     data = synthetic_classification(128, 64, 0, input_shape=(8,), n_classes=3, seed=2)
     torch.manual_seed(0)
-    start = mlp()
+    start = mlp(8, 16, 12, 3)
 
     def prior() -> HyperSparse:
         return HyperSparse(

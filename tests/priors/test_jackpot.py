@@ -17,10 +17,7 @@ from bayesprune.priors import Jackpot, from_config
 from bayesprune.priors.jackpot_mask import MaskedWeight
 from bayesprune.priors.jackpot_search import JackpotSearch
 from bayesprune.priors.jackpot_swaps import restricted_swaps, swap_fraction, top_k_mask
-
-
-def mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+from tests.helpers import mlp
 
 
 @pytest.mark.parametrize(
@@ -46,9 +43,9 @@ def test_bad_input_names_the_argument(kwargs, argument):
 
 def test_missing_or_mismatched_pretrained_weights_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="pretrained"):
-        bp.sparsify(mlp(), Jackpot(pretrained=tmp_path / "nothing.pt"))
+        bp.sparsify(mlp(6, 8, 3), Jackpot(pretrained=tmp_path / "nothing.pt"))
     with pytest.raises(ValueError, match="pretrained"):
-        bp.sparsify(mlp(), Jackpot(pretrained=nn.Linear(6, 8).state_dict()))
+        bp.sparsify(mlp(6, 8, 3), Jackpot(pretrained=nn.Linear(6, 8).state_dict()))
 
 
 def test_per_layer_counts_come_from_one_global_magnitude_threshold():
@@ -71,10 +68,10 @@ def test_pretrained_state_dict_is_loaded_before_the_rates_are_computed():
     """The reference code computes the rates on the pre-trained model, then searches on a
     rebuilt (random) one; here rates, masks and the search share the loaded weights."""
     torch.manual_seed(0)
-    trained = mlp()
+    trained = mlp(6, 8, 3)
     with torch.no_grad():
         trained[2].weight.mul_(50.0)  # layer 2 dominates the global ranking
-    fresh = mlp()
+    fresh = mlp(6, 8, 3)
     net = bp.sparsify(fresh, Jackpot(sparsity=0.5, pretrained=trained.state_dict()))
     for k, v in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
@@ -163,7 +160,7 @@ def test_restriction_keeps_a_swap_only_if_the_batch_loss_does_not_rise(label, ac
 def _pretrained_net(sparsity: float, **kwargs):
     torch.manual_seed(0)
     data = synthetic_classification(n_train=192, n_val=64, input_shape=(6,), n_classes=3)
-    module = mlp()
+    module = mlp(6, 8, 3)
     train(module, data, epochs=3, batch_size=32, lr=1e-2)
     return data, module, bp.sparsify(module, Jackpot(sparsity=sparsity, **kwargs), layers="0")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bayesprune.priors.unit_costs import unit_costs
+from bayesprune.priors.unit_costs import complexity_prices, unit_costs
 from bayesprune.zoo import build
 
 
@@ -70,3 +70,22 @@ def test_lenet5_quarter_width():
     n = 5 + 12 + 125
     assert costs["fc1"]["params_mean"] == pytest.approx((5 * 326 + 12 * 2126 + 125 * 203) / n)
     assert costs["fc1"]["flops_mean"] == pytest.approx((5 * 33600 + 12 * 10000 + 125 * 202) / n)
+
+
+def test_complexity_prices_average_gamma_and_fall_back_to_uniform():
+    costs = {
+        "a": {"flops": torch.tensor([1.0, 3.0]), "params": torch.zeros(2)},
+        "b": {"flops": torch.tensor([8.0]), "params": torch.zeros(1)},
+    }
+    flops = complexity_prices(6.0, "flops", costs)
+    assert torch.cat(list(flops.values())).mean() == pytest.approx(6.0)
+    assert flops["a"].tolist() == pytest.approx([1.5, 4.5])
+    # no unit saves a parameter: every unit is priced alike, at gamma
+    assert {n: p.tolist() for n, p in complexity_prices(6.0, "params", costs).items()} == {
+        "a": [6.0, 6.0],
+        "b": [6.0],
+    }
+    mixed = complexity_prices(6.0, "mixed", costs)
+    assert mixed["b"].tolist() == pytest.approx([0.5 * (flops["b"].item() + 6.0)])
+    with pytest.raises(ValueError, match="cost"):
+        complexity_prices(6.0, "uniform", costs)

@@ -20,23 +20,12 @@ from bayesprune.priors import BlockGates
 from bayesprune.priors.gates import probs_key
 from bayesprune.pruning import KeepSet, collapse, extract, masked_copy
 from bayesprune.pruning.collapse import _block_keep
-from bayesprune.zoo import build
+from tests.helpers import n_params, randomise_batchnorm, resnet
 
 
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def resnet() -> nn.Module:
-    net = build("resnet20", width=0.25, input_size=8)
-    with torch.no_grad():  # non-trivial BatchNorms: a branch is far from 0 unless removed
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1, 0.3)
-                m.bias.normal_(0, 0.2)
-    return net.eval()
+def randomised_resnet() -> nn.Module:
+    # non-trivial BatchNorms: a branch is far from 0 unless removed
+    return randomise_batchnorm(resnet()).eval()
 
 
 def ident() -> KeepSet:
@@ -82,7 +71,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_extracted_equals_collapsed_and_is_smaller(case):
     keep = CASES[case]
-    module = resnet()
+    module = randomised_resnet()
     before = {k: v.clone() for k, v in module.state_dict().items()}
     x = torch.randn(6, 3, 8, 8)
     collapsed = masked_copy(module, keep, example_input=x[:1]).eval()
@@ -104,7 +93,9 @@ def test_extracted_equals_collapsed_and_is_smaller(case):
 
 def test_kept_units_of_the_shortcut_follow_the_coupling_rule():
     small = extract(
-        resnet(), CASES["units-on-the-kept-shortcut"], example_input=torch.zeros(1, 3, 8, 8)
+        randomised_resnet(),
+        CASES["units-on-the-kept-shortcut"],
+        example_input=torch.zeros(1, 3, 8, 8),
     )
     # a channel of the residual stream goes only if every keep-set on it drops it
     assert small.layer2[0].downsample[0].out_channels == len({0, 1, 2, 3, 5, 7})
@@ -113,9 +104,9 @@ def test_kept_units_of_the_shortcut_follow_the_coupling_rule():
 
 def test_identity_needs_a_residual_block():
     with pytest.raises(ValueError, match="'layer1.0.conv1'.*not a residual block"):
-        extract(resnet(), {"layer1.0.conv1": ident()})
+        extract(randomised_resnet(), {"layer1.0.conv1": ident()})
     with pytest.raises(ValueError, match="not a residual block"):
-        masked_copy(resnet(), {"fc": ident()})
+        masked_copy(randomised_resnet(), {"fc": ident()})
 
 
 class SigmoidBlock(nn.Module):
@@ -146,7 +137,7 @@ def test_extract_checks_the_replacement():
 
 
 def test_collapse_gives_identity_keep_sets_below_one_half():
-    net = sparsify(resnet(), BlockGates())
+    net = sparsify(randomised_resnet(), BlockGates())
     guide = MAP(net)
     theta = {"layer1.1": 0.0, "layer2.0": 0.3, "layer3.2": 0.5, "layer3.1": 0.51}
     with torch.no_grad():
@@ -174,14 +165,14 @@ def test_collapse_rejects_a_weightless_non_block():
     with pytest.raises(ValueError, match="'act'.*not a block"):
         _block_keep("act", nn.ReLU(), torch.ones(1, dtype=torch.bool))
     with pytest.raises(ValueError, match="one score for a whole residual block"):
-        _block_keep("b", resnet().layer1[0], torch.ones(2, dtype=torch.bool))
+        _block_keep("b", randomised_resnet().layer1[0], torch.ones(2, dtype=torch.bool))
 
 
 # --- save / load -------------------------------------------------------------------------------
 
 
 def test_save_and_load_a_network_with_identity_blocks(tmp_path):
-    module = resnet()
+    module = randomised_resnet()
     keep = CASES["units-on-the-kept-shortcut"] | {"layer3.2": ident(), "layer1.0": ident()}
     keep["layer3.1"] = KeepSet(identity=False, n_units=1)
     small = extract(module, keep, example_input=module.example_input()).eval()

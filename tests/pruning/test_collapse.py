@@ -16,6 +16,7 @@ from bayesprune.guides import MAP
 from bayesprune.guides.base import key
 from bayesprune.priors import HALO
 from bayesprune.pruning import KeepSet, collapse, extract, layer_scores
+from tests.helpers import set_gates
 
 LAYERS = ("0", "2", "4")
 
@@ -288,14 +289,6 @@ def test_keepsets_are_keepsets_on_cpu(fitted):
 
 
 # --- rule="inclusion": remove only what the posterior says is probably not needed ------
-
-
-def set_gates(guide, thetas: dict[str, list[float]]) -> None:
-    from bayesprune.guides.base import key as gkey
-
-    with torch.no_grad():
-        for layer, theta in thetas.items():
-            guide.gate_probs[gkey(f"{layer}.gate")].copy_(torch.tensor(theta))
 
 
 @pytest.fixture

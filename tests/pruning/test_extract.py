@@ -24,32 +24,15 @@ from bayesprune.nn import BayesianNet
 from bayesprune.priors import HALO
 from bayesprune.pruning import KeepSet, extract, masked_copy
 from bayesprune.zoo import build
+from tests.helpers import n_params, randomise_batchnorm
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def units(n: int, gen: torch.Generator, *, at_least: int = 1) -> torch.Tensor:
     """A random non-empty proper-or-full subset of range(n)."""
     k = int(torch.randint(at_least, n + 1, (1,), generator=gen))
     return torch.randperm(n, generator=gen)[:k]
-
-
-def randomize_norms(model: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters: with the defaults
-    (mean 0, var 1, weight 1, bias 0) BN maps 0 to 0 and zeroing it would go untested."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
-                if m.affine:
-                    m.weight.copy_(0.5 + torch.rand(m.num_features, generator=gen))
-                    m.bias.copy_(0.2 * torch.randn(m.num_features, generator=gen))
-    return model
 
 
 def random_conv_keep(model: nn.Module, gen: torch.Generator) -> dict[str, KeepSet]:
@@ -286,7 +269,7 @@ SMALL_CASES = [
 def test_small_conv_contract(cls, shape, keep, expected):
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
-    net = randomize_norms(cls(), gen).eval()
+    net = randomise_batchnorm(cls(), gen).eval()
     x = torch.randn(4, *shape, generator=gen)
     _, small = assert_contract(net, keep, x)
     for layer, attrs in expected.items():
@@ -297,7 +280,7 @@ def test_small_conv_contract(cls, shape, keep, expected):
 def test_original_in_train_mode_is_untouched():
     """Tracing runs a forward pass: it must not update the user's BatchNorm statistics."""
     gen = torch.Generator().manual_seed(2)
-    net = randomize_norms(GroupedNet(), gen).train()
+    net = randomise_batchnorm(GroupedNet(), gen).train()
     before = state(net)
     small = extract(net, {"pw": ks([0], 6)}, example_input=torch.randn(2, 3, 8, 8))
     assert net.training and small.training
@@ -311,7 +294,7 @@ def test_batchnorm_without_affine_parameters():
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Conv2d(8, 4, 3)
     )
-    randomize_norms(net, gen).eval()
+    randomise_batchnorm(net, gen).eval()
     _, small = assert_contract(net, {"0": ks([0, 2, 5], 8)}, torch.randn(3, 3, 8, 8, generator=gen))
     assert small[1].num_features == 3
 
@@ -400,7 +383,7 @@ TORCHVISION_CASES = [
 def test_torchvision_contract(make, size, check):
     gen = torch.Generator().manual_seed(4)
     torch.manual_seed(4)
-    model = randomize_norms(make(), gen).eval()
+    model = randomise_batchnorm(make(), gen).eval()
     keep = random_conv_keep(model, gen)
     x = torch.randn(2, 3, size, size, generator=gen)
     _, small = assert_contract(model, keep, x)

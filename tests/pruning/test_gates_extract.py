@@ -16,7 +16,7 @@ from bayesprune.guides.base import key
 from bayesprune.priors import UnitGates
 from bayesprune.pruning.extract import masked_copy
 from bayesprune.zoo import build
-from tests.helpers import mlp_bn, randomise_batchnorm
+from tests.helpers import mlp, mlp_bn, randomise_batchnorm
 
 
 class ConvBN(nn.Module):
@@ -129,13 +129,9 @@ def lenet() -> nn.Module:
     return build("lenet5", width=0.25)
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
-
-
 CASES = {
     "lenet5": (lenet, (1, 28, 28)),
-    "mlp": (mlp, (5,)),
+    "mlp": (lambda: mlp(5, 8, 6, 2), (5,)),
     "mlp-bn": (mlp_bn, (5,)),
     "conv-bn": (ConvBN, (2, 8, 8)),
 }

@@ -18,10 +18,7 @@ from bayesprune.guides.base import key
 from bayesprune.priors import HALO, BlockGates, Gaussian, Prior, UnitGates
 from bayesprune.pruning import collapse, inclusion_kind, inclusion_probs
 from bayesprune.zoo import build
-
-
-def mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+from tests.helpers import mlp
 
 
 def set_normal(guide: MeanField, name: str, loc: torch.Tensor, sd: torch.Tensor) -> None:
@@ -46,7 +43,7 @@ def mc_fraction(guide, name: str, delta: float, n: int, per: str) -> torch.Tenso
 @pytest.fixture
 def normal_net():
     """Per-weight HALO under mean-field, each weight a different (μ, σ) around δ = 0.1."""
-    net = sparsify(mlp(), HALO(), layers=nn.Linear)
+    net = sparsify(mlp(3, 4, 2), HALO(), layers=nn.Linear)
     guide = MeanField(net)
     g = torch.Generator().manual_seed(1)
     for name in ("0.weight", "2.weight"):
@@ -144,7 +141,7 @@ def test_per_unit_is_reproducible_and_leaves_the_global_rng_alone():
 
 
 def test_gates_give_theta_clamped_into_the_unit_interval():
-    net = sparsify(mlp(), UnitGates())
+    net = sparsify(mlp(3, 4, 2), UnitGates())
     for guide in (MAP(net), MeanField(net)):
         theta = torch.tensor([0.0, 0.25, 1.0, 1.5])
         with torch.no_grad():
@@ -157,7 +154,7 @@ def test_gates_give_theta_clamped_into_the_unit_interval():
 
 def test_gated_layer_ignores_the_weight_prior():
     """UnitGates over HALO weights: the gate decides, so P(keep) is θ, not a weight probability."""
-    net = sparsify(mlp(), UnitGates(weight_prior=HALO()))
+    net = sparsify(mlp(3, 4, 2), UnitGates(weight_prior=HALO()))
     guide = MeanField(net)
     with torch.no_grad():
         guide.gate_probs[key("0.gate")].copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
@@ -179,7 +176,7 @@ def test_block_gates_give_one_probability_per_block():
 
 @pytest.mark.parametrize("per", ["weight", "unit"])
 def test_map_gives_the_indicator_at_the_point(per):
-    net = sparsify(mlp(), HALO(per=per), layers=nn.Linear)
+    net = sparsify(mlp(3, 4, 2), HALO(per=per), layers=nn.Linear)
     guide = MAP(net)
     value = torch.tensor([[0.5, 0.0, 0.0], [0.05, 0.05, 0.0], [0.0, 0.0, 0.0], [-2.0, 1.0, 0.0]])
     set_map(guide, "0.weight", value)
@@ -192,7 +189,7 @@ def test_map_gives_the_indicator_at_the_point(per):
 
 
 def test_map_indicator_with_the_default_delta_is_what_threshold_collapse_keeps():
-    net = sparsify(mlp(), HALO(), layers=nn.Linear)
+    net = sparsify(mlp(3, 4, 2), HALO(), layers=nn.Linear)
     guide = MAP(net)
     set_map(guide, "0.weight", torch.tensor([[1e-4, 2e-3, -5e-4], [1.0, -1e-3, 0.0]] * 2))
     p = inclusion_probs(net, guide)
@@ -202,7 +199,7 @@ def test_map_indicator_with_the_default_delta_is_what_threshold_collapse_keeps()
 
 
 def test_gaussian_prior_is_per_weight():
-    net = sparsify(mlp(), Gaussian(), layers=nn.Linear)
+    net = sparsify(mlp(3, 4, 2), Gaussian(), layers=nn.Linear)
     guide = MeanField(net, init_scale=0.5)
     p = inclusion_probs(net, guide, delta=0.2)
     assert p["0"].shape == (4, 3) and p["2"].shape == (2, 4)
@@ -223,7 +220,7 @@ class HalfMAP(MeanField):
 
 
 def test_kind_is_mixed_when_layers_differ():
-    net = sparsify(mlp(), HALO(), layers=nn.Linear)
+    net = sparsify(mlp(3, 4, 2), HALO(), layers=nn.Linear)
     guide = HalfMAP(net)
     assert inclusion_kind(net, guide) == "mixed"
     p = inclusion_probs(net, guide)
@@ -255,7 +252,7 @@ class Unknown(Prior):
 
 
 def test_unknown_prior_is_refused_naming_it_and_the_layer():
-    net = sparsify(mlp(), Unknown(), layers=nn.Linear)
+    net = sparsify(mlp(3, 4, 2), Unknown(), layers=nn.Linear)
     with pytest.raises(TypeError, match="layer '0'.*Unknown"):
         inclusion_probs(net, MeanField(net))
     with pytest.raises(TypeError, match="Unknown"):
@@ -282,8 +279,8 @@ def test_invalid_arguments(normal_net, kwargs, culprit):
 
 
 def test_wrong_types():
-    net = sparsify(mlp(), HALO(), layers=nn.Linear)
+    net = sparsify(mlp(3, 4, 2), HALO(), layers=nn.Linear)
     with pytest.raises(TypeError, match="BayesianNet"):
-        inclusion_probs(mlp(), MAP(net))
+        inclusion_probs(mlp(3, 4, 2), MAP(net))
     with pytest.raises(TypeError, match="Guide"):
         inclusion_kind(net, object())

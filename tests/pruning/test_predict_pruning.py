@@ -17,28 +17,16 @@ import torch.nn.functional as F
 from bayesprune import sparsify
 from bayesprune.data import Dataset, Split, synthetic_classification
 from bayesprune.guides import MAP, MeanField
-from bayesprune.guides.base import key
 from bayesprune.priors import HALO, UnitGates
 from bayesprune.pruning import KeepSet, PruningForecast, collapse, extract, predict_pruning
-from tests import helpers
-from tests.helpers import randomise_batchnorm
-
-
-def mlp_bn() -> nn.Sequential:
-    return helpers.mlp_bn((8, 6, 5, 3))
-
-
-def set_gates(guide, thetas: dict[str, list[float]]) -> None:
-    with torch.no_grad():
-        for layer, theta in thetas.items():
-            guide.gate_probs[key(f"{layer}.gate")].copy_(torch.tensor(theta))
+from tests.helpers import mlp_bn, randomise_batchnorm, set_gates
 
 
 @pytest.fixture
 def gated(class_data):
     """Gates on the first two layers of a BN MLP, θ strictly inside (0, 1) except two
     closed gates, and Normal weights wide enough that draws differ."""
-    module = mlp_bn()
+    module = mlp_bn((8, 6, 5, 3))
     randomise_batchnorm(module)
     net = sparsify(module, UnitGates())
     assert net.layer_names == ("0", "3")
@@ -67,7 +55,7 @@ def test_keeping_everything_changes_nothing(gated, class_data):
 
 
 def test_keeping_everything_changes_nothing_for_weight_masks(class_data):
-    net = sparsify(mlp_bn(), HALO(), layers=nn.Linear)
+    net = sparsify(mlp_bn((8, 6, 5, 3)), HALO(), layers=nn.Linear)
     guide = MeanField(net, init_scale=0.1)
     keep = collapse(net, guide, keep=1.0)
     f = predict_pruning(net, guide, keep, class_data, num_samples=4)
@@ -148,7 +136,7 @@ def test_point_accuracy_is_the_extracted_networks(gated, class_data, how):
 def test_under_map_the_pruned_draws_are_the_collapsed_network(class_data):
     """MAP + per-unit HALO, no gates: every draw is the point, so the pruned predictive is
     the collapsed network -- including the zeroed biases and BatchNorm of dropped units."""
-    module = mlp_bn()
+    module = mlp_bn((8, 6, 5, 3))
     randomise_batchnorm(module)
     net = sparsify(module, HALO(per="unit"), layers=["0", "3"])
     guide = MAP(net)

@@ -9,21 +9,18 @@ import torch.nn as nn
 
 from bayesprune import sparsify
 from bayesprune.guides import MAP
-from bayesprune.guides.base import key
 from bayesprune.priors import HALO, UnitGates
 from bayesprune.spaces import PosteriorSpace
+from tests.helpers import mlp, set_gates
 
 X = torch.zeros(1, 4)
 THETA = {"0": [0.1, 0.5, 0.9, 1.0, 0.3, 0.7], "2": [0.8, 0.2, 0.6, 0.95, 0.4]}
 
 
 def gated(theta: dict[str, list[float]] = THETA):
-    module = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    net = sparsify(module, UnitGates())
+    net = sparsify(mlp(4, 6, 5, 3), UnitGates())
     guide = MAP(net)
-    with torch.no_grad():
-        for layer, th in theta.items():
-            guide.gate_probs[key(f"{layer}.gate")].copy_(torch.tensor(th))
+    set_gates(guide, theta)
     return net, guide
 
 

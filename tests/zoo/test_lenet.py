@@ -5,11 +5,7 @@ import torch
 import torch.fx
 
 from bayesprune.zoo import LeNet5Caffe, LeNet300100, from_config
-
-
-def n_params(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
+from tests.helpers import n_params
 
 # (class, kwargs, parameter count, {layer: (in, out)})
 TABLE = [

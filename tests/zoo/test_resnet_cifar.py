@@ -11,10 +11,7 @@ from torch import nn
 from bayesprune.blocks import Shortcut, block_spec
 from bayesprune.zoo import ResNetCIFAR, build, from_config
 from bayesprune.zoo.resnet_cifar import BasicBlock
-
-
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+from tests.helpers import n_params
 
 
 def test_resnet20_has_the_papers_size():
