@@ -15,8 +15,9 @@ from typing import Any
 from bayesprune.cli.run_dir import RunDir
 from bayesprune.cli.spec import Spec
 from bayesprune.data import Dataset
+from bayesprune.errors import CheckpointError
 from bayesprune.guides.base import Guide
-from bayesprune.inference import CheckpointError, FitResult, load_checkpoint
+from bayesprune.inference import FitResult, load_checkpoint
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.live import removed_units, replay_removals
 
@@ -62,7 +63,9 @@ def read_elbo(path: str | os.PathLike) -> tuple[list[int], list[float]]:
                 steps.append(int(row[0]))
                 values.append(float(row[1]))
             except (IndexError, ValueError):
-                raise ValueError(f"{path}, line {i}: expected 'step,value', got {row}") from None
+                raise CheckpointError(
+                    f"{path}, line {i}: expected 'step,value', got {row}"
+                ) from None
     return steps, values
 
 

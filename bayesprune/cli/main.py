@@ -6,6 +6,11 @@
     bayesprune extract runs/halo-lenet5
     bayesprune report runs/halo-lenet5
     bayesprune --help
+
+A mistake in the input (a bad spec, flag, checkpoint or data file) prints one line,
+``bayesprune <command>: error: <what and where>``, and exits with code 2. Any other
+exception is a bug and propagates with its traceback. ``--debug`` (before or after the
+command) shows the traceback of input mistakes too.
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ import torch
 from bayesprune.cli.fitted import load_fitted
 from bayesprune.cli.report_cmd import add_report_parser, cmd_report
 from bayesprune.cli.run_dir import RunDir
-from bayesprune.cli.spec import Spec, SpecError
+from bayesprune.cli.spec import Spec
+from bayesprune.errors import (
+    BayesPruneError,
+    CheckpointError,
+    ConfigError,
+    ExportMismatchError,
+    SpecError,
+)
 from bayesprune.export import load
 from bayesprune.export.pruned_network import save_pruned
-from bayesprune.inference import CheckpointError, NonFiniteLossError, evaluate, fit
+from bayesprune.inference import evaluate, fit
+from bayesprune.inference.distributed import resolve_device
 from bayesprune.metrics import paired_latency, summarize
 from bayesprune.pruning import collapse, extract
 
@@ -40,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Prune neural networks by Bayesian inference: fit a sparsity posterior "
         "with SVI, then extract the smaller deterministic network.",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    _global_flags(p, default=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="fit a model spec (models/*.toml) into a run folder")
@@ -70,7 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", type=Path, help="folder holding the data set files")
     e.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     add_report_parser(sub)
+    for command in sub.choices.values():  # also accepted after the command
+        _global_flags(command, default=argparse.SUPPRESS)
     return p
+
+
+def _global_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    """``-v`` and ``--debug``; a subcommand's copies default to SUPPRESS so that they do not
+    overwrite a flag given before the command."""
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="log more")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the traceback of input errors too (they print one line otherwise)",
+    )
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -89,6 +116,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # under torchrun every process runs this; process 0 alone writes the run folder
     world, main_process = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0") == "0"
     run = RunDir(args.out or Path("runs") / args.spec.stem)
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"--out {run.root}: a file is in the way of the run folder")
     if run.checkpoint.exists() and not args.resume:
         raise SpecError(
             f"{run.root} already holds a fit (checkpoints/last.pt); pass --resume to continue it "
@@ -105,6 +134,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             if key in spec.data:
                 saved.data[key] = spec.data[key]
         spec = saved
+    # a device this machine lacks fails here, before the run folder is written
+    resolve_device(spec.fit["device"], torch.device("cpu"))
     # build everything before writing anything: a bad spec leaves no half-made run folder
     data_kw = {"root": args.data_root} if args.data_root else {}
     data = spec.build_data(**data_kw)
@@ -250,7 +281,7 @@ def _reload_check(path: Path, small: torch.nn.Module, x: torch.Tensor) -> str:
         return f"reloaded from {path}: outputs bitwise equal to the extracted network"
     diff = float((a - b).abs().max())
     if diff > 1e-5 * max(1.0, float(a.abs().max())):
-        raise ValueError(
+        raise ExportMismatchError(
             f"{path}: the network loaded back differs from the one extracted (max |diff| {diff:.3g})"
         )
     return f"reloaded from {path}: outputs equal to the extracted network (max |diff| {diff:.1e})"
@@ -287,24 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    commands = {"fit": cmd_fit, "extract": cmd_extract, "report": cmd_report}
     try:
-        if args.command == "fit":
-            return cmd_fit(args)
-        if args.command == "extract":
-            return cmd_extract(args)
-        if args.command == "report":
-            return cmd_report(args)
-    except (
-        SpecError,
-        CheckpointError,
-        NonFiniteLossError,
-        FileNotFoundError,
-        ValueError,
-        TypeError,
-    ) as e:
-        print(f"bayesprune {args.command}: error: {e}", file=sys.stderr)
+        return commands[args.command](args)
+    except (BayesPruneError, FileNotFoundError) as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).splitlines())  # one line, whatever the message holds
+        print(f"bayesprune {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

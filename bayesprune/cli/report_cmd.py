@@ -18,9 +18,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from bayesprune.atomic import atomic_output
 from bayesprune.cli.fitted import load_fitted
 from bayesprune.data import Dataset, Split
-from bayesprune.export.safetensors_io import atomic_output
+from bayesprune.errors import ConfigError
 from bayesprune.pruning import collapse
 
 __all__ = ["add_report_parser", "cmd_report"]
@@ -55,9 +56,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bayesprune.report import report
 
     if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.forecast_samples < 0:
-        raise ValueError(f"--forecast-samples must be >= 0, got {args.forecast_samples}")
+        raise ConfigError(f"--forecast-samples must be >= 0, got {args.forecast_samples}")
     fitted = load_fitted(args.run, args.data_root)
     run, spec, net, guide = fitted.run, fitted.spec, fitted.net, fitted.guide
     result = fitted.result()

@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bayesprune.export.safetensors_io import atomic_write_bytes
+from bayesprune.atomic import atomic_write
+from bayesprune.errors import CheckpointError
 
 
 class RunDir:
@@ -58,7 +59,7 @@ class RunDir:
         return self.root / "extracted"
 
     def write_json(self, path: Path, obj: Any) -> None:
-        atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
     def read_json(self, path: Path) -> Any:
         if not path.is_file():
@@ -66,7 +67,7 @@ class RunDir:
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+            raise CheckpointError(f"{path} is not valid JSON: {e}") from None
 
     def update_metrics(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
         metrics = self.read_json(self.metrics) if self.metrics.is_file() else {}
@@ -79,4 +80,4 @@ class RunDir:
         w = csv.writer(buf)
         w.writerow(["step", "neg_elbo_per_example"])
         w.writerows(zip(steps, values, strict=True))
-        atomic_write_bytes(self.elbo, buf.getvalue().encode())
+        atomic_write(self.elbo, buf.getvalue().encode())

@@ -1,8 +1,8 @@
 """Model specs: a TOML file naming network, data, prior, guide, fit schedule and collapse rule.
 
 Every seed method ships one under ``models/``. A spec is validated as a whole
-before anything runs; mistakes raise ``ValueError`` naming the file, the
-section and the key.
+before anything runs; mistakes raise :class:`~bayesprune.errors.SpecError` (a
+``ValueError``) naming the file, the section and the key.
 
 Example (``models/halo-lenet5.toml``)::
 
@@ -39,9 +39,11 @@ import torch.nn as nn
 
 from bayesprune.data import Dataset, get_dataset
 from bayesprune.data.augment import AUGMENTATIONS, augmented_loader
-from bayesprune.errors import SpecError
+from bayesprune.errors import DataError, SpecError
 from bayesprune.guides import guide_from_config
 from bayesprune.guides.base import Guide
+from bayesprune.inference.optimizer import OPTIMIZERS
+from bayesprune.inference.schedules import make_schedule
 from bayesprune.nn import BayesianNet, sparsify
 from bayesprune.priors import from_config as prior_from_config
 from bayesprune.zoo import build as build_network
@@ -66,6 +68,9 @@ FIT_DEFAULTS: dict[str, Any] = {
     "remove_dead": False,
 }
 COLLAPSE_KEYS = ("keep", "threshold", "scope", "by")
+#: ``[fit] loss`` values (``inference.losses.loss_from_name``; building the compiled one
+#: to check a name would cost seconds)
+LOSSES = ("fused", "compiled", "trace")
 
 
 def _layers(value: Any, where: str) -> Any:
@@ -186,6 +191,7 @@ class Spec:
             )
         if not isinstance(f["lr"], (int, float)) or not f["lr"] > 0:
             raise SpecError(f"{self.source}: [fit] lr must be a number > 0, got {f['lr']!r}")
+        self._validate_fit_options()
         _layers(self.prior.get("layers"), self.source)
         self._validate_loader_keys()
         c = self.collapse
@@ -210,6 +216,52 @@ class Spec:
         if not isinstance(c.get("by", ""), str):
             raise SpecError(f"{self.source}: [collapse] by must be a string, got {c['by']!r}")
 
+    def _validate_fit_options(self) -> None:
+        """The ``[fit]`` keys that ``fit`` would otherwise reject only once it has started."""
+        f, where = self.fit, f"{self.source}: [fit]"
+        if not _is_int(f["seed"]):
+            raise SpecError(f"{where} seed must be an integer, got {f['seed']!r}")
+        if f["checkpoint_every"] is not None and not (
+            _is_int(f["checkpoint_every"]) and f["checkpoint_every"] >= 1
+        ):
+            raise SpecError(
+                f"{where} checkpoint_every must be a positive integer, "
+                f"got {f['checkpoint_every']!r}"
+            )
+        if not _is_number(f["weight_decay"]) or not 0 <= f["weight_decay"] < float("inf"):
+            raise SpecError(
+                f"{where} weight_decay must be a number >= 0, got {f['weight_decay']!r}"
+            )
+        role_lr = f["role_lr"]
+        if role_lr is not None and not (
+            isinstance(role_lr, dict)
+            and all(_is_number(v) and 0 < v < float("inf") for v in role_lr.values())
+        ):
+            raise SpecError(
+                f"{where} role_lr must be a table of learning rates > 0, got {role_lr!r}"
+            )
+        if not isinstance(f["optimizer"], str) or f["optimizer"] not in OPTIMIZERS:
+            raise SpecError(
+                f"{where} optimizer must be one of {sorted(OPTIMIZERS)}, got {f['optimizer']!r}"
+            )
+        if f["loss"] not in LOSSES:
+            raise SpecError(f"{where} loss must be one of {list(LOSSES)}, got {f['loss']!r}")
+        try:
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            make_schedule(probe, f["schedule"], 1)
+        except (TypeError, ValueError):
+            raise SpecError(
+                f'{where} schedule must be "constant" or "cosine", got {f["schedule"]!r}'
+            ) from None
+        device = f["device"]
+        if device is not None:
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError, ValueError):
+                raise SpecError(
+                    f"{where} device must be a device name (cpu, cuda, cuda:1, ...), got {device!r}"
+                ) from None
+
     def _validate_loader_keys(self) -> None:
         augment, workers = self.data.get("augment", []), self.data.get("workers", 0)
         if not isinstance(augment, list) or any(a not in AUGMENTATIONS for a in augment):
@@ -227,7 +279,7 @@ class Spec:
         cfg = {k: v for k, v in self.prior.items() if k != "layers"}
         try:
             return prior_from_config(cfg)
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             raise SpecError(f"{self.source}: [prior] {e}") from None
 
     def build_network(self) -> nn.Module:
@@ -247,7 +299,9 @@ class Spec:
         name = cfg.pop("name")
         try:
             return get_dataset(name, **cfg)
-        except TypeError as e:
+        except DataError:  # the data files themselves, not the spec
+            raise
+        except (TypeError, ValueError) as e:
             raise SpecError(f"{self.source}: [data] {e}") from None
 
     def training_data(self, data: Dataset, world: int = 1) -> Any:
@@ -280,7 +334,7 @@ class Spec:
         cfg = dict(self.guide) or {"name": net.prior.default_guide}
         try:
             return guide_from_config(net, cfg)
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             raise SpecError(f"{self.source}: [guide] {e}") from None
 
     def fit_kwargs(self) -> dict[str, Any]:
@@ -288,3 +342,11 @@ class Spec:
 
     def collapse_kwargs(self) -> dict[str, Any]:
         return dict(self.collapse)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -16,6 +16,7 @@ from bayesprune.data.dataset import Dataset, Split
 from bayesprune.data.fashion_mnist import fashion_mnist
 from bayesprune.data.idx import load_idx, save_idx
 from bayesprune.data.synthetic import synthetic_classification, synthetic_regression
+from bayesprune.errors import ConfigError
 
 __all__ = [
     "DATASETS",
@@ -51,5 +52,5 @@ def get_dataset(name: str, **kwargs: Any) -> Dataset:
     """
     key = name.strip().lower().replace("_", "-")
     if key not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[key](**kwargs)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torchvision.transforms import v2
 
 from bayesprune.data.dataset import Split
+from bayesprune.errors import ConfigError, DataError
 
 #: what ``augment=`` may name
 AUGMENTATIONS = ("crop", "flip")
@@ -42,9 +43,9 @@ class Augmented(TorchDataset):
         augment = list(augment)
         unknown = [a for a in augment if a not in AUGMENTATIONS]
         if unknown:
-            raise ValueError(f"{who}: unknown augmentation(s) {unknown}; known: {AUGMENTATIONS}")
+            raise ConfigError(f"{who}: unknown augmentation(s) {unknown}; known: {AUGMENTATIONS}")
         if split.x.dim() != 4:
-            raise ValueError(
+            raise DataError(
                 f"{who}: crop and flip need image inputs (N, C, H, W), got shape "
                 f"{tuple(split.x.shape)} (for Fashion-MNIST use flatten = false)"
             )

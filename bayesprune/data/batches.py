@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from bayesprune.data.dataset import Split, epoch_seed
+from bayesprune.errors import ConfigError, DataError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class TensorBatches:
         who: str = "fit",
     ) -> None:
         if batch_size % world:
-            raise ValueError(
+            raise ConfigError(
                 f"{who}: batch_size={batch_size} is the global batch and must be divisible by "
                 f"the number of processes ({world}); use a multiple of {world}"
             )
@@ -74,7 +75,7 @@ class TensorBatches:
         self.batch_size, self.rank, self.world = batch_size, rank, world
         n = len(split)
         if n < world:
-            raise ValueError(f"{who}: {n} training examples cannot be shared by {world} processes")
+            raise DataError(f"{who}: {n} training examples cannot be shared by {world} processes")
         tail = n % batch_size
         # the last global batch loses its remainder over ``world`` (equal shards on every
         # process keep the gradient average exact); fewer than ``world`` examples per epoch
@@ -153,20 +154,20 @@ class LoaderBatches:
             except (AttributeError, TypeError):
                 n_data = None
         elif isinstance(n_data, bool) or not isinstance(n_data, int) or n_data < 1:
-            raise ValueError(f"{who}: n_data must be a positive integer, got {n_data!r}")
+            raise ConfigError(f"{who}: n_data must be a positive integer, got {n_data!r}")
         self._n_data = n_data
         try:
             self._len: int | None = len(loader)  # type: ignore[arg-type]
         except TypeError:
             self._len = None
         if self._len == 0:
-            raise ValueError(f"{who}: the {split} loader is empty (len() == 0)")
+            raise DataError(f"{who}: the {split} loader is empty (len() == 0)")
 
     @property
     def n_data(self) -> int:
         """The training-set size (the plate the likelihood is scaled to)."""
         if self._n_data is None:
-            raise ValueError(
+            raise DataError(
                 f"{self.who}: cannot tell the {self.split}-set size from this "
                 f"{type(self.loader).__name__} (no len() on its data set); pass n_data="
             )
@@ -178,7 +179,7 @@ class LoaderBatches:
 
     def __len__(self) -> int:
         if self._len is None:
-            raise TypeError(f"{self.who}: the {self.split} loader has no len()")
+            raise UnsupportedError(f"{self.who}: the {self.split} loader has no len()")
         return self._len
 
     @property
@@ -190,7 +191,7 @@ class LoaderBatches:
         """The first batch of epoch 0 (seeded like :meth:`epoch`, the fit's RNG untouched)."""
         for batch in self.epoch(0, seed=0):
             return batch
-        raise ValueError(f"{self.who}: the {self.split} loader yielded no batch")
+        raise DataError(f"{self.who}: the {self.split} loader yielded no batch")
 
     def epoch(self, epoch: int, seed: int, start: int = 0) -> Iterator[Batch]:
         """Epoch ``epoch``'s batches from batch ``start`` on.
@@ -212,7 +213,7 @@ class LoaderBatches:
             # ``start`` is drawn with the fit's restored RNG, as in the uninterrupted fit
             head = list(itertools.islice(it, max(start, 1)))
         if not head:
-            raise ValueError(
+            raise DataError(
                 f"{self.who}: the {self.split} loader yielded no batch in epoch {epoch}"
             )
         for i, item in enumerate(itertools.chain(head[start:], it), start):
@@ -221,17 +222,17 @@ class LoaderBatches:
     def _pair(self, item: Any, i: int) -> Batch:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             what = type(item).__name__ + (f" of {len(item)}" if hasattr(item, "__len__") else "")
-            raise TypeError(
+            raise UnsupportedError(
                 f"{self.who}: the {self.split} loader must yield (x, y) pairs; batch {i} is a {what}"
             )
         x, y = item
         if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
-            raise TypeError(
+            raise UnsupportedError(
                 f"{self.who}: batch {i} of the {self.split} loader holds "
                 f"({type(x).__name__}, {type(y).__name__}); expected two tensors"
             )
         if x.shape[0] != y.shape[0]:
-            raise ValueError(
+            raise DataError(
                 f"{self.who}: batch {i} of the {self.split} loader has {x.shape[0]} inputs but "
                 f"{y.shape[0]} targets"
             )
@@ -248,13 +249,13 @@ def _distributed(loader: Any, rank: int, world: int, who: str) -> Any:
     if not isinstance(loader, DataLoader) or not isinstance(
         sampler, (RandomSampler, SequentialSampler)
     ):
-        raise TypeError(
+        raise UnsupportedError(
             f"{who}: under data parallelism the training loader must be a DataLoader with "
             "shuffle=True/False or a DistributedSampler; give this "
             f"{type(loader).__name__} a DistributedSampler yourself"
         )
     if loader.batch_size is None:
-        raise TypeError(f"{who}: cannot shard a DataLoader with a custom batch_sampler")
+        raise UnsupportedError(f"{who}: cannot shard a DataLoader with a custom batch_sampler")
     shuffle = isinstance(sampler, RandomSampler)
     return DataLoader(
         loader.dataset,

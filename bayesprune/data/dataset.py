@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError, DataError
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s data order in a fit seeded with ``seed``."""
@@ -35,7 +37,7 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(
+            raise DataError(
                 f"Split: x has {self.x.shape[0]} rows but y has {self.y.shape[0]}; they must match"
             )
 
@@ -100,7 +102,7 @@ class Dataset:
     def split(self, name: str) -> Split:
         s = getattr(self, name, None)
         if not isinstance(s, Split):
-            raise ValueError(f"data set {self.name!r} has no {name!r} split")
+            raise ConfigError(f"data set {self.name!r} has no {name!r} split")
         return s
 
     def num_batches(self, batch_size: int, split: str = "train") -> int:
@@ -125,7 +127,7 @@ class Dataset:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(x, y)`` mini-batches; ``start`` skips the first ``start`` batches (resume)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
         s = self.split(split)
         n = len(s)
         if shuffle:

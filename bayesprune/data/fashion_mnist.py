@@ -25,6 +25,7 @@ from torch import Tensor
 
 from bayesprune.data.dataset import Dataset, Split
 from bayesprune.data.idx import load_idx
+from bayesprune.errors import ConfigError, DataError
 
 __all__ = ["fashion_mnist", "find_fashion_mnist"]
 
@@ -137,13 +138,13 @@ def _load_pair(images: Path, labels: Path) -> tuple[Tensor, Tensor]:
     x = load_idx(images, ndim=3)
     y = load_idx(labels, ndim=1)
     if x.dtype != torch.uint8 or y.dtype != torch.uint8:
-        raise ValueError(
+        raise DataError(
             f"{images} / {labels}: expected uint8 IDX files, got {x.dtype} and {y.dtype}"
         )
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels")
+        raise DataError(f"{images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels")
     if y.numel() and int(y.max()) >= N_CLASSES:
-        raise ValueError(f"{labels}: label {int(y.max())} out of range [0, {N_CLASSES})")
+        raise DataError(f"{labels}: label {int(y.max())} out of range [0, {N_CLASSES})")
     return x, y.long()
 
 
@@ -183,7 +184,7 @@ def fashion_mnist(
     x_test, y_test = _load_pair(test_images, test_labels)
     n = x_all.shape[0]
     if not 0 <= val_size < n:
-        raise ValueError(f"val_size must be in [0, {n}) for {n} training images, got {val_size}")
+        raise ConfigError(f"val_size must be in [0, {n}) for {n} training images, got {val_size}")
 
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
@@ -200,7 +201,7 @@ def fashion_mnist(
     mean = x_train.mean()
     std = x_train.std()
     if not float(std) > 0:
-        raise ValueError(f"{train_images}: training images are constant; cannot standardise")
+        raise DataError(f"{train_images}: training images are constant; cannot standardise")
     logger.debug("Fashion-MNIST train mean %.4f std %.4f", float(mean), float(std))
 
     def standardise(x: Tensor) -> Tensor:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError, DataError, UnsupportedError
+
 __all__ = ["load_idx", "save_idx"]
 
 # IDX type code -> (big-endian numpy dtype, torch dtype)
@@ -45,7 +47,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+        raise DataError(f"{path}: corrupt or truncated gzip stream ({e})") from e
 
 
 def load_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> Tensor:
@@ -71,34 +73,32 @@ def load_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> Tensor
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
+        raise DataError(f"{path}: too short for an IDX header ({len(data)} bytes)")
     zero0, zero1, code, nd = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0:
-        raise ValueError(
-            f"{path}: bad IDX magic number 0x{data[:4].hex()} (must start with 0x0000)"
-        )
+        raise DataError(f"{path}: bad IDX magic number 0x{data[:4].hex()} (must start with 0x0000)")
     if code not in _IDX_TYPES:
-        raise ValueError(
+        raise DataError(
             f"{path}: unknown IDX type code 0x{code:02x}; "
             f"expected one of {', '.join(f'0x{c:02x}' for c in _IDX_TYPES)}"
         )
     if nd == 0:
-        raise ValueError(f"{path}: IDX header declares 0 dimensions")
+        raise DataError(f"{path}: IDX header declares 0 dimensions")
     if ndim is not None and nd != ndim:
-        raise ValueError(f"{path}: expected an IDX file with {ndim} dimension(s), found {nd}")
+        raise DataError(f"{path}: expected an IDX file with {ndim} dimension(s), found {nd}")
     header = 4 + 4 * nd
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
+        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=nd, offset=4))
     np_dtype, torch_dtype = _IDX_TYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
     actual = len(data) - header
     if actual < expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: truncated IDX data: shape {shape} needs {expected} bytes, found {actual}"
         )
     if actual > expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: {actual - expected} unexpected trailing bytes after IDX data of shape {shape}"
         )
     arr = np.frombuffer(data, dtype=np_dtype, offset=header).reshape(shape)
@@ -125,12 +125,12 @@ def save_idx(path: str | os.PathLike[str], tensor: Tensor, *, compress: bool | N
     """
     path = Path(path)
     if tensor.dtype not in _TORCH_TO_CODE:
-        raise TypeError(
+        raise UnsupportedError(
             f"save_idx({path}): unsupported dtype {tensor.dtype}; "
             f"expected one of {sorted(str(d) for d in _TORCH_TO_CODE)}"
         )
     if tensor.dim() == 0 or tensor.dim() > 255:
-        raise ValueError(f"save_idx({path}): need 1 to 255 dimensions, got {tensor.dim()}")
+        raise ConfigError(f"save_idx({path}): need 1 to 255 dimensions, got {tensor.dim()}")
     code = _TORCH_TO_CODE[tensor.dtype]
     np_dtype = _IDX_TYPES[code][0]
     header = bytes([0, 0, code, tensor.dim()]) + np.asarray(tensor.shape, dtype=">u4").tobytes()

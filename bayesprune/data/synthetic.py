@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from bayesprune.data.dataset import Dataset, Split
+from bayesprune.errors import ConfigError
 
 __all__ = ["synthetic_classification", "synthetic_regression"]
 
@@ -28,7 +29,7 @@ def _generator(seed: int) -> torch.Generator:
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
         if value < 0:
-            raise ValueError(f"{name} must be non-negative, got {value}")
+            raise ConfigError(f"{name} must be non-negative, got {value}")
 
 
 def synthetic_classification(
@@ -64,14 +65,14 @@ def synthetic_classification(
     """
     _check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)
     if n_train < 1:
-        raise ValueError(f"n_train must be at least 1, got {n_train}")
+        raise ConfigError(f"n_train must be at least 1, got {n_train}")
     if n_classes < 2:
-        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        raise ConfigError(f"n_classes must be at least 2, got {n_classes}")
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must be non-empty with positive sizes, got {input_shape}")
+        raise ConfigError(f"input_shape must be non-empty with positive sizes, got {input_shape}")
     if noise < 0:
-        raise ValueError(f"noise must be non-negative, got {noise}")
+        raise ConfigError(f"noise must be non-negative, got {noise}")
 
     g = _generator(seed)
     prototypes = torch.randn((n_classes, *shape), generator=g)
@@ -123,14 +124,14 @@ def synthetic_regression(
     """
     _check_sizes(n_val=n_val, n_test=n_test)
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise ConfigError(f"n must be at least 1, got {n}")
     if n_features < 1:
-        raise ValueError(f"n_features must be at least 1, got {n_features}")
+        raise ConfigError(f"n_features must be at least 1, got {n_features}")
     k = n_features if n_informative is None else n_informative
     if not 0 <= k <= n_features:
-        raise ValueError(f"n_informative must be in [0, {n_features}], got {n_informative}")
+        raise ConfigError(f"n_informative must be in [0, {n_features}], got {n_informative}")
     if noise_scale < 0:
-        raise ValueError(f"noise_scale must be non-negative, got {noise_scale}")
+        raise ConfigError(f"noise_scale must be non-negative, got {noise_scale}")
 
     g = _generator(seed)
     w = torch.randn(n_features, generator=g)

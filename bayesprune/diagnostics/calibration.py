@@ -19,20 +19,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError, DataError
+
 DEFAULT_BINS = 15
 
 
 def _check(probs: Tensor, y: Tensor, n_bins: int) -> None:
     if not isinstance(probs, Tensor) or probs.dim() != 2:
-        raise ValueError(
+        raise DataError(
             f"calibration: probs must be a 2-d tensor (examples, classes), got "
             f"{tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__}"
         )
     if not isinstance(y, Tensor) or y.shape != probs.shape[:1]:
         got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"calibration: y must have shape ({probs.shape[0]},), got {got}")
+        raise DataError(f"calibration: y must have shape ({probs.shape[0]},), got {got}")
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"calibration: n_bins must be a positive integer, got {n_bins!r}")
+        raise ConfigError(f"calibration: n_bins must be a positive integer, got {n_bins!r}")
 
 
 def reliability_bins(probs: Tensor, y: Tensor, n_bins: int = DEFAULT_BINS) -> dict[str, Tensor]:

@@ -64,6 +64,7 @@ from bayesprune.diagnostics.posterior import coords as posterior_coords
 from bayesprune.diagnostics.posterior import variable_dims
 from bayesprune.diagnostics.pruning_sweep import pruning_sweep
 from bayesprune.diagnostics.psis import KHAT_MEANING, pareto_khat
+from bayesprune.errors import ConfigError, DataError, UnsupportedError
 from bayesprune.guides.base import Guide, check_pair
 from bayesprune.inference.result import FitResult
 from bayesprune.nn.bayesian_net import BayesianNet
@@ -244,13 +245,15 @@ def diagnose(
     check_int("pruning_points", pruning_points, 0)
     check_int("predict_samples", predict_samples, 0)
     if predict_samples == 1:
-        raise ValueError(f"{WHO}: predict_samples must be 0 or >= 2 (for a standard error), got 1")
+        raise ConfigError(f"{WHO}: predict_samples must be 0 or >= 2 (for a standard error), got 1")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"{WHO}: seed must be an integer, got {seed!r}")
+        raise ConfigError(f"{WHO}: seed must be an integer, got {seed!r}")
     if not isinstance(weights, bool):
-        raise TypeError(f"{WHO}: weights must be True or False, got {weights!r}")
+        raise UnsupportedError(f"{WHO}: weights must be True or False, got {weights!r}")
     if result is not None and not isinstance(result, FitResult):
-        raise TypeError(f"{WHO}: result must be a FitResult or None, got {type(result).__name__}")
+        raise UnsupportedError(
+            f"{WHO}: result must be a FitResult or None, got {type(result).__name__}"
+        )
     x, y, split = resolve_data(data, max_examples)
     if max_examples is not None:
         x, y = x[:max_examples], y[:max_examples]
@@ -261,7 +264,7 @@ def diagnose(
     try:
         net.likelihood.check_targets(y, point_out.shape[-1] if point_out.dim() > 1 else None)
     except ValueError as e:
-        raise ValueError(f"{WHO}: y does not fit the network: {e}") from None
+        raise DataError(f"{WHO}: y does not fit the network: {e}") from None
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

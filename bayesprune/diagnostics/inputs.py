@@ -8,7 +8,7 @@
 >>> resolve_data([1, 2])
 Traceback (most recent call last):
 ...
-TypeError: diagnose: data must be an (x, y) pair of tensors, a bayesprune.data.Split, a Dataset or a DataLoader, got list
+bayesprune.errors.UnsupportedError: diagnose: data must be an (x, y) pair of tensors, a bayesprune.data.Split, a Dataset or a DataLoader, got list
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from bayesprune.data import Dataset, Split
 from bayesprune.data.batches import LoaderBatches, is_loader
+from bayesprune.errors import ConfigError, DataError, UnsupportedError
 
 WHO = "diagnose"
 
@@ -41,7 +42,7 @@ def resolve_data(data: Any, limit: int | None = None) -> tuple[Tensor, Tensor, s
                 x, y, split = part.x, part.y, name
                 break
         else:
-            raise ValueError(f"{WHO}: data (a Dataset) has no split with examples")
+            raise DataError(f"{WHO}: data (a Dataset) has no split with examples")
     elif isinstance(data, Split):
         x, y, split = data.x, data.y, "given"
     elif (
@@ -53,17 +54,17 @@ def resolve_data(data: Any, limit: int | None = None) -> tuple[Tensor, Tensor, s
     elif is_loader(data):
         x, y, split = *_gather(LoaderBatches(data, who=WHO, split="given"), limit), "given"
     else:
-        raise TypeError(
+        raise UnsupportedError(
             f"{WHO}: data must be an (x, y) pair of tensors, a bayesprune.data.Split, a "
             f"Dataset or a DataLoader, got {type(data).__name__}"
         )
     if x.dim() == 0 or y.dim() == 0 or y.shape[0] != x.shape[0]:
-        raise ValueError(
+        raise DataError(
             f"{WHO}: y must hold one target per input: x has shape {tuple(x.shape)}, "
             f"y has shape {tuple(y.shape)}"
         )
     if x.shape[0] == 0:
-        raise ValueError(f"{WHO}: data has no examples")
+        raise DataError(f"{WHO}: data has no examples")
     return x, y, split
 
 
@@ -84,4 +85,4 @@ def check_int(name: str, value: Any, low: int, *, optional: bool = False) -> Non
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         extra = " or None" if optional else ""
-        raise ValueError(f"{WHO}: {name} must be an integer >= {low}{extra}, got {value!r}")
+        raise ConfigError(f"{WHO}: {name} must be an integer >= {low}{extra}, got {value!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.unit_origin import removed_units
 
@@ -38,7 +39,7 @@ def weight_dims(layer: str, ndim: int) -> tuple[str, ...]:
     :raises ValueError: for a weight with fewer than 1 or more than 5 axes.
     """
     if not 1 <= ndim <= 5:
-        raise ValueError(f"layer {layer!r}: cannot name the axes of a {ndim}-d weight")
+        raise ConfigError(f"layer {layer!r}: cannot name the axes of a {ndim}-d weight")
     names = ("out", "in", *_KERNEL[max(ndim - 2, 0)])[:ndim]
     return tuple(f"{tag(layer)}_{n}" for n in names)
 
@@ -53,7 +54,7 @@ def unit_coords(net: BayesianNet, layer: str, n_units: int) -> Tensor:
     if kept is None:
         return torch.arange(n_units)
     if kept.numel() != n_units:
-        raise ValueError(
+        raise ConfigError(
             f"layer {layer!r}: the removal record lists {kept.numel()} units but the layer "
             f"has {n_units}"
         )

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from bayesprune.diagnostics.names import unit_coords, unit_dim, weight_dims
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.sites import Site, join
@@ -45,7 +46,7 @@ def n_units(net: BayesianNet, layer: str) -> int:
     sites = net.layer_sites[layer]
     site = _by_role(sites, "gate") or _by_role(sites, "weight") or _by_role(sites, "scale")
     if site is None:
-        raise ValueError(f"layer {layer!r} has no gate, weight or scale site to count units by")
+        raise ConfigError(f"layer {layer!r} has no gate, weight or scale site to count units by")
     return int(site.shape[0])
 
 

@@ -38,6 +38,8 @@ import torch
 from pyro.ops.stats import fit_generalized_pareto
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
+
 #: one sentence for reports and ``idata.posterior.attrs["psis_khat_meaning"]``
 KHAT_MEANING = (
     "Pareto k-hat of the importance weights p(y, z)/q(z) for draws z ~ q: below 0.5 q is a "
@@ -71,7 +73,7 @@ def pareto_khat(log_weights: Tensor) -> tuple[float, str]:
     :raises ValueError: if ``log_weights`` is not a 1-d tensor.
     """
     if not isinstance(log_weights, Tensor) or log_weights.dim() != 1:
-        raise ValueError("pareto_khat: log_weights must be a 1-d tensor (one per draw)")
+        raise ConfigError("pareto_khat: log_weights must be a 1-d tensor (one per draw)")
     lw = log_weights.detach().double().cpu()
     if not bool(torch.isfinite(lw).all()):
         return float("nan"), "undefined: some log weights are not finite"

@@ -3,7 +3,9 @@
 - :func:`load`: load any network bayesprune saved (``bayesprune extract``,
   ``save_pruned``), no builder needed, in eval mode.
 - :func:`save_network` / :func:`load_network`: safetensors weights plus a JSON
-  description, no pickle, atomic writes, shape/dtype checks on load.
+  description, no pickle, atomic writes, shape/dtype checks on load;
+  ``load_network(path, like=module)`` reloads an extracted copy of one's own
+  architecture into a fresh dense instance of it.
 - :func:`export_torchscript`: traced TorchScript, checked against eager.
 - :func:`export_onnx`: ONNX with a dynamic batch axis, checked with
   onnxruntime (optional extra ``bayesprune[export]``).

@@ -5,7 +5,8 @@ write ``model.safetensors`` + ``model.json``; the JSON names the zoo network and
 the units kept, so :func:`load` rebuilds the pruned architecture and fills in
 the weights without unpickling anything. Networks saved with
 :func:`~bayesprune.export.save_network` and an architecture of the caller's own
-need the caller's ``build`` function: :func:`~bayesprune.export.load_network`.
+load with :func:`~bayesprune.export.load_network`, given the caller's ``build``
+function or a fresh dense instance of the architecture (``like=``).
 
 >>> import tempfile, torch
 >>> from bayesprune.export.pruned_network import save_pruned
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from bayesprune.errors import CheckpointError
 from bayesprune.export.pruned_network import load_pruned
 from bayesprune.export.safetensors_io import META_NAME, WEIGHTS_NAME, _read_meta
 
@@ -45,10 +47,10 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     :returns: the network, in eval mode, its weights checked against the recorded
         shapes, dtypes, size and SHA-256.
     :raises FileNotFoundError: naming the missing folder or file.
-    :raises ValueError: naming the file, when a file is corrupt or truncated, the two
-        files do not belong together, or the architecture cannot be rebuilt (an unknown
-        network, or one saved with an architecture of the caller's own: use
-        :func:`~bayesprune.export.load_network` with its ``build`` function).
+    :raises CheckpointError: (a ``ValueError``) naming the file, when a file is corrupt or
+        truncated, the two files do not belong together, or the architecture cannot be
+        rebuilt (an unknown network, or one saved with an architecture of the caller's own:
+        use :func:`~bayesprune.export.load_network` with ``build`` or ``like``).
 
     >>> import tempfile
     >>> load(tempfile.mkdtemp())  # doctest: +ELLIPSIS
@@ -65,10 +67,11 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
             )
     arch = _read_meta(meta)["architecture"]
     if "network" not in arch:
-        raise ValueError(
+        raise CheckpointError(
             f"{meta}: the architecture names no zoo network ('network' is missing), so it "
             "cannot be rebuilt without code: it was saved by save_network with an "
-            "architecture of its own; load it with bayesprune.export.load_network(path, build)"
+            "architecture of its own; load it with bayesprune.export.load_network(path, build) "
+            "or load_network(path, like=<a fresh instance of that architecture>)"
         )
     return load_pruned(path, device=device)
 

@@ -30,7 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bayesprune.export.safetensors_io import atomic_output
+from bayesprune.atomic import atomic_output
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.export.torchscript import (
     ExportMismatchError,
     assert_outputs_close,
@@ -100,12 +101,14 @@ def export_onnx(
     except ImportError as e:
         raise ImportError(f"export_onnx needs the 'onnx' package; {_INSTALL_HINT}") from e
     if exporter not in ("auto", "torchscript", "dynamo"):
-        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
+        raise ConfigError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
     path = Path(path)
     args = _as_args(example_input)
     for i, a in enumerate(args):
         if not isinstance(a, torch.Tensor):
-            raise TypeError(f"export_onnx: input {i} is a {type(a).__name__}, expected a tensor")
+            raise UnsupportedError(
+                f"export_onnx: input {i} is a {type(a).__name__}, expected a tensor"
+            )
 
     with _eval_mode(module), torch.no_grad():
         expected = module(*args)
@@ -276,5 +279,5 @@ def _names(names: Sequence[str] | None, n: int, stem: str) -> list[str]:
         return [stem] if n == 1 else [f"{stem}_{i}" for i in range(n)]
     names = list(names)
     if len(names) != n:
-        raise ValueError(f"expected {n} {stem} names, got {len(names)}: {names}")
+        raise ConfigError(f"expected {n} {stem} names, got {len(names)}: {names}")
     return names

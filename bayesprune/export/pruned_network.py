@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bayesprune.errors import CheckpointError, ConfigError, UnsupportedError
 from bayesprune.export.safetensors_io import (
     _check_keys,
     _check_tensor,
@@ -76,7 +77,7 @@ def build_pruned(arch: Mapping[str, Any]) -> nn.Module:
     units = arch.get("units") or {}
     identity = arch.get("identity") or []
     if not isinstance(identity, list) or not all(isinstance(n, str) for n in identity):
-        raise ValueError(f"'identity' must be a list of block names, got {identity!r}")
+        raise CheckpointError(f"'identity' must be a list of block names, got {identity!r}")
     if units or identity:
         keep = {
             n: KeepSet(units=torch.tensor(u["kept"], dtype=torch.long), n_units=u["n_units"])
@@ -124,7 +125,7 @@ def original_structure(net: BayesianNet, keep: Mapping[str, KeepSet]) -> dict[st
             continue
         now = int(rec.units[name].numel())
         if ks.n_units is not None and ks.n_units != now:
-            raise ValueError(
+            raise ConfigError(
                 f"save_pruned: keep[{name!r}] is for a layer of {ks.n_units} units, but layer "
                 f"{name!r} of net has {now} now ({rec.n_units[name]} as built); pass the "
                 "keep-sets collapse(net, ...) returned for this net"
@@ -167,7 +168,7 @@ def save_pruned(
     if network_config is None:
         network_config = getattr(net.module, "config", None) if net is not None else None
         if not isinstance(network_config, Mapping):
-            raise TypeError(
+            raise UnsupportedError(
                 "save_pruned: pass network_config= (the zoo config the network was built "
                 "from), or net= a BayesianNet whose module has a .config"
             )
@@ -188,7 +189,7 @@ def _check_rebuilds(arch: Mapping[str, Any], module: nn.Module, path: Any) -> No
         for key, t in built.state_dict().items():
             _check_tensor(key, described[key], t, "the rebuilt architecture")
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
+        raise ConfigError(
             f"save_pruned: {path}: the architecture to record does not rebuild the network "
             f"being saved ({e}); nothing was written. If units were removed during the fit "
             "(remove_dead), pass net= so the keep-sets are recorded in the original indexing"
@@ -208,7 +209,7 @@ def load_pruned(path: str | os.PathLike, *, device: str | torch.device | None = 
             return build_pruned(arch)
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: the architecture in the JSON file (model.json) cannot be rebuilt: {what}"
             ) from e
 

@@ -11,8 +11,8 @@ buffers). The JSON file holds what is needed to rebuild and check it:
   storage when saved; ``sha256`` and ``num_bytes`` of the weights file;
 - ``extra``: anything else JSON-serialisable (keep-set summary, metrics).
 
-Both files are written atomically (a temporary file in the same directory,
-then ``os.replace``), so a reader sees either the old file or the new one.
+Both files are written atomically (:func:`bayesprune.atomic.atomic_write`), so a
+reader sees either the old file or the new one.
 Loading only reads.
 
 >>> import tempfile, torch
@@ -27,13 +27,11 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,10 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import nn
+
+from bayesprune.atomic import atomic_write
+from bayesprune.errors import CheckpointError, ConfigError, UnsupportedError
+from bayesprune.export.like import check_outputs_like, rebuild_like
 
 __all__ = ["describe_layers", "load_network", "save_network"]
 
@@ -109,18 +111,20 @@ def save_network(
     ('model.safetensors', 'model.json')
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"save_network expects an nn.Module, got {type(module).__name__}")
+        raise UnsupportedError(f"save_network expects an nn.Module, got {type(module).__name__}")
     if not isinstance(architecture, Mapping):
-        raise TypeError(f"architecture must be a dict, got {type(architecture).__name__}")
+        raise UnsupportedError(f"architecture must be a dict, got {type(architecture).__name__}")
     if extra is not None and not isinstance(extra, Mapping):
-        raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
+        raise UnsupportedError(f"extra must be a dict or None, got {type(extra).__name__}")
     weights_path, meta_path = _paths(path)
 
     state = module.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for key, t in state.items():
         if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-            raise TypeError(f"state dict entry {key!r} is not a dense tensor ({type(t).__name__})")
+            raise UnsupportedError(
+                f"state dict entry {key!r} is not a dense tensor ({type(t).__name__})"
+            )
         # A fresh contiguous CPU copy per key: safetensors refuses tensors sharing memory.
         tensors[key] = t.detach().to("cpu", copy=True).contiguous()
     blob = _st_save(tensors, metadata={"format": "pt"})
@@ -143,37 +147,50 @@ def save_network(
     try:
         text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
     except TypeError as e:
-        raise TypeError(f"architecture and extra must be JSON-serialisable: {e}") from e
+        raise UnsupportedError(f"architecture and extra must be JSON-serialisable: {e}") from e
     except ValueError as e:
-        raise ValueError(f"architecture and extra must be JSON-serialisable: {e}") from e
+        raise ConfigError(f"architecture and extra must be JSON-serialisable: {e}") from e
 
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     # Weights first: a crash in between leaves a JSON whose sha256 no longer matches,
     # which load_network reports, rather than a silently stale pair.
-    atomic_write_bytes(weights_path, blob)
-    atomic_write_bytes(meta_path, text.encode("utf-8"))
+    atomic_write(weights_path, blob)
+    atomic_write(meta_path, text.encode("utf-8"))
     logger.info("saved %d tensors to %s (+ %s)", len(tensors), weights_path, meta_path.name)
     return weights_path, meta_path
 
 
 def load_network(
     path: str | os.PathLike[str],
-    build: Callable[[dict[str, Any]], nn.Module],
+    build: Callable[[dict[str, Any]], nn.Module] | None = None,
     *,
+    like: nn.Module | None = None,
+    example_input: torch.Tensor | None = None,
     device: str | torch.device | None = None,
 ) -> nn.Module:
     """Rebuild a network saved by :func:`save_network`; only reads the files.
+
+    Give either ``build`` or ``like``:
 
     :param path: the directory or either file given to (or returned by)
         :func:`save_network`.
     :param build: called with the saved ``architecture`` dict; must return a
         module whose state dict has exactly the saved keys, shapes and dtypes.
+    :param like: a freshly built instance of the saved network's architecture, at its
+        full (dense) size: an extracted copy of one's own network is reloaded into a copy
+        of it, each layer resized to the saved shapes (:mod:`bayesprune.export.like`;
+        ``like`` itself is not changed). Then one example runs through both, and their
+        outputs must have the same shapes.
+    :param example_input: the input of that check; default: zeros of the
+        ``input_shape`` the saved ``architecture`` records (no check without one).
     :param device: where to put the loaded module; default: CPU.
-    :returns: the module returned by ``build`` with the saved tensors loaded.
+    :returns: the module returned by ``build``, or the resized copy of ``like``, with the
+        saved tensors loaded.
     :raises FileNotFoundError: if a file is missing.
-    :raises ValueError: naming the file, if a file is corrupt, truncated or not
-        in this format; naming the key, if a tensor's shape or dtype differs
-        between the JSON, the weights file and the built module.
+    :raises CheckpointError: (a ``ValueError``) naming the file, if a file is corrupt,
+        truncated or not in this format; naming the key, if a tensor's shape or dtype
+        differs between the JSON, the weights file and the built module; naming the layer,
+        if ``like`` is not the saved network's architecture.
 
     >>> import tempfile
     >>> from torch import nn
@@ -181,38 +198,50 @@ def load_network(
     >>> _ = save_network(nn.Linear(2, 1), d, architecture={"n": 2})
     >>> load_network(d, lambda a: nn.Linear(a["n"], 1)).weight.shape
     torch.Size([1, 2])
+    >>> load_network(d, like=nn.Linear(2, 1)).weight.shape
+    torch.Size([1, 2])
     """
+    if (build is None) == (like is None):
+        raise ConfigError(
+            "load_network: pass build= (a function of the saved architecture) or like= (a "
+            "fresh instance of the saved network's architecture), one of the two"
+        )
     weights_path, meta_path = _paths(path, create=False)
     doc = _read_meta(meta_path)
     blob = weights_path.read_bytes()
     if "num_bytes" in doc and len(blob) != doc["num_bytes"]:
-        raise ValueError(
+        raise CheckpointError(
             f"{weights_path}: {len(blob)} bytes but {meta_path.name} records {doc['num_bytes']}; "
             "the file is truncated or does not belong to this JSON"
         )
     if "sha256" in doc and hashlib.sha256(blob).hexdigest() != doc["sha256"]:
-        raise ValueError(
+        raise CheckpointError(
             f"{weights_path}: sha256 does not match {meta_path.name}; the file is corrupt "
             "or does not belong to this JSON"
         )
     try:
         tensors = _st_load(blob)
     except Exception as e:  # safetensors raises its own SafetensorError and others
-        raise ValueError(f"{weights_path}: not a readable safetensors file ({e})") from e
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from e
 
     described = doc["tensors"]
-    _check_keys(set(described), set(tensors), f"{meta_path.name}", f"{weights_path.name}")
+    _check_keys(set(described), set(tensors), str(meta_path), str(weights_path))
     for key, t in tensors.items():
-        _check_tensor(key, described[key], t, f"{weights_path.name}")
+        _check_tensor(key, described[key], t, weights_path.name, file=meta_path)
 
-    module = build(doc["architecture"])
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"build must return an nn.Module, got {type(module).__name__}")
+    if like is not None:
+        module = rebuild_like(like, doc, str(meta_path))
+    else:
+        module = build(doc["architecture"])  # type: ignore[misc]
+        if not isinstance(module, nn.Module):
+            raise UnsupportedError(f"build must return an nn.Module, got {type(module).__name__}")
     expected = module.state_dict()
-    _check_keys(set(described), set(expected), f"{meta_path.name}", "the built module")
+    _check_keys(set(described), set(expected), str(meta_path), "the built module")
     for key, t in expected.items():
-        _check_tensor(key, described[key], t, "the built module")
+        _check_tensor(key, described[key], t, "the built module", file=meta_path)
     module.load_state_dict(tensors, strict=True)
+    if like is not None:
+        check_outputs_like(module, like, doc["architecture"], example_input, str(meta_path))
     if device is not None:
         module.to(device)
     return module
@@ -249,51 +278,8 @@ def describe_layers(module: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, then rename.
-
-    :param path: destination; its directory must exist.
-    :param data: the bytes to write.
-
-    >>> import tempfile
-    >>> p = Path(tempfile.mkdtemp()) / "x.bin"
-    >>> atomic_write_bytes(p, b"abc")
-    >>> p.read_bytes()
-    b'abc'
-    """
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
-
-    Whatever the block writes to the temporary path replaces ``path`` in one
-    ``os.replace``; if the block raises, the temporary file is removed and
-    ``path`` is left as it was.
-
-    :param path: destination; its directory must exist.
-
-    >>> import tempfile
-    >>> p = Path(tempfile.mkdtemp()) / "x.txt"
-    >>> with atomic_output(p) as tmp:
-    ...     _ = tmp.write_text("hi")
-    >>> p.read_text()
-    'hi'
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+#: the former name of :func:`bayesprune.atomic.atomic_write`
+atomic_write_bytes = atomic_write
 
 
 def _paths(path: str | os.PathLike[str], *, create: bool = True) -> tuple[Path, Path]:
@@ -309,30 +295,30 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     raw = meta_path.read_bytes()
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(
             f"{meta_path}: not valid JSON ({e}); the file is corrupt or truncated"
         ) from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: not a {FORMAT} description (no 'format': {FORMAT!r})")
+        raise CheckpointError(f"{meta_path}: not a {FORMAT} description (no 'format': {FORMAT!r})")
     version = doc.get("format_version")
     if not isinstance(version, int):
-        raise ValueError(f"{meta_path}: missing or malformed 'format_version'")
+        raise CheckpointError(f"{meta_path}: missing or malformed 'format_version'")
     if version > FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{meta_path}: format_version {doc['format_version']} is newer than this "
             f"bayesprune reads ({FORMAT_VERSION})"
         )
     for field in ("architecture", "tensors"):
         if not isinstance(doc.get(field), dict):
-            raise ValueError(f"{meta_path}: missing or malformed {field!r}")
+            raise CheckpointError(f"{meta_path}: missing or malformed {field!r}")
     for key, spec in doc["tensors"].items():
         if (
             not isinstance(spec, dict)
             or not isinstance(spec.get("dtype"), str)
             or not isinstance(spec.get("shape"), list)
         ):
-            raise ValueError(f"{meta_path}: malformed entry for tensor {key!r}")
+            raise CheckpointError(f"{meta_path}: malformed entry for tensor {key!r}")
     return doc
 
 
@@ -340,20 +326,24 @@ def _check_keys(described: set[str], actual: set[str], meta: str, where: str) ->
     missing = sorted(described - actual)
     unexpected = sorted(actual - described)
     if missing:
-        raise ValueError(
+        raise CheckpointError(
             f"{where} lacks tensor {missing[0]!r} listed in {meta} (missing: {missing})"
         )
     if unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{where} has tensor {unexpected[0]!r} not listed in {meta} (unexpected: {unexpected})"
         )
 
 
-def _check_tensor(key: str, spec: Mapping[str, Any], t: torch.Tensor, where: str) -> None:
+def _check_tensor(
+    key: str, spec: Mapping[str, Any], t: torch.Tensor, where: str, file: Any = None
+) -> None:
     shape, dtype = list(t.shape), _dtype_name(t.dtype)
     if shape != spec["shape"] or dtype != spec["dtype"]:
-        raise ValueError(
-            f"{key!r}: saved as {spec['dtype']}{spec['shape']} but {where} has {dtype}{shape}"
+        prefix = f"{file}: " if file else ""
+        raise CheckpointError(
+            f"{prefix}{key!r}: saved as {spec['dtype']}{spec['shape']} but {where} has "
+            f"{dtype}{shape}"
         )
 
 
@@ -384,13 +374,3 @@ def _jsonable(value: Any) -> Any:
         items = [_jsonable(v) for v in value]
         return _SKIP if any(v is _SKIP for v in items) else items
     return _SKIP
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

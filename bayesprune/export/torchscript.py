@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayesprune.errors import ExportMismatchError
-from bayesprune.export.safetensors_io import atomic_output
+from bayesprune.atomic import atomic_output
+from bayesprune.errors import ExportMismatchError, UnsupportedError
 from bayesprune.metrics.flops import _as_args, _eval_mode
 
 __all__ = ["ExportMismatchError", "export_torchscript"]
@@ -141,7 +141,7 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
         return [t for o in out for t in flatten_outputs(o)]
     if isinstance(out, dict):
         return [t for o in out.values() for t in flatten_outputs(o)]
-    raise TypeError(f"cannot compare outputs of type {type(out).__name__}; expected tensors")
+    raise UnsupportedError(f"cannot compare outputs of type {type(out).__name__}; expected tensors")
 
 
 def double_batch(args: Sequence[Any]) -> tuple[Any, ...]:

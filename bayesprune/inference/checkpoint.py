@@ -2,9 +2,9 @@
 
 A checkpoint is one ``torch.save`` file holding only tensors, numbers, strings
 and containers of them; it is loaded with ``weights_only=True`` so loading never
-runs code from the file. It is written to a temporary file in the same folder
-and moved into place with ``os.replace``, so a fit killed while saving leaves
-the previous checkpoint whole.
+runs code from the file. It is written atomically (:func:`bayesprune.atomic.atomic_write`:
+a temporary file in the same folder, fsynced, moved into place with ``os.replace``, the
+folder fsynced), so a fit killed while saving leaves the previous checkpoint whole.
 
 >>> import tempfile, torch
 >>> d = tempfile.mkdtemp()
@@ -16,12 +16,12 @@ the previous checkpoint whole.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bayesprune.atomic import atomic_write
 from bayesprune.errors import CheckpointError
 
 CHECKPOINT_NAME = "last.pt"
@@ -33,18 +33,7 @@ def save_checkpoint(
     """Write ``state`` atomically to ``directory/name`` and return the path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+    return atomic_write(directory / name, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bayesprune.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -134,7 +136,7 @@ class Replicas:
         dist.all_reduce(lo, op=dist.ReduceOp.MIN)
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
         if not torch.equal(lo, hi):
-            raise ValueError(
+            raise DataError(
                 f"fit: the {self.world} processes disagree on {what}: this process (rank "
                 f"{self.rank}) has {mine.tolist()}, the range is {lo.tolist()}..{hi.tolist()}"
             )
@@ -163,14 +165,14 @@ def resolve_device(device: str | torch.device | None, fallback: torch.device) ->
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as e:
-            raise ValueError(f"fit: device={device!r} is not a device torch knows ({e})") from None
+            raise ConfigError(f"fit: device={device!r} is not a device torch knows ({e})") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"fit: device={str(dev)!r} asked for, but this machine has no CUDA")
+            raise ConfigError(f"fit: device={str(dev)!r} asked for, but this machine has no CUDA")
         if dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if dev.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"fit: device={str(dev)!r} asked for, but this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )

@@ -14,7 +14,7 @@ likelihood the targets -- each error naming the culprit.
 >>> check_network(net, MAP(net), torch.randn(2, 4), torch.zeros(2).long())
 Traceback (most recent call last):
 ...
-ValueError: fit: the network cannot take the training inputs: a batch of shape (2, 4) ...
+bayesprune.errors.DataError: fit: the network cannot take the training inputs: a batch of shape (2, 4) ...
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from bayesprune.data.batches import LoaderBatches, TensorBatches, is_loader
 from bayesprune.data.dataset import Dataset, Split
+from bayesprune.errors import DataError, UnsupportedError
 from bayesprune.guides.base import Guide
 from bayesprune.inference.distributed import Replicas
 from bayesprune.nn.bayesian_net import BayesianNet
@@ -54,19 +55,19 @@ def training_source(
         try:
             split = Split(torch.as_tensor(data[0]), torch.as_tensor(data[1]))
         except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"fit: data must be an (x, y) pair of tensors: {e}") from None
+            raise UnsupportedError(f"fit: data must be an (x, y) pair of tensors: {e}") from None
     elif hasattr(data, "__next__"):
-        raise TypeError(
+        raise UnsupportedError(
             f"fit: data is a {type(data).__name__}, an iterator that would be used up after "
             "one epoch; pass the DataLoader (or another re-iterable) itself"
         )
     else:
-        raise TypeError(
+        raise UnsupportedError(
             "fit: data must be a bayesprune Dataset, an (x, y) pair of tensors or a "
             f"DataLoader of (x, y) batches, got {type(data).__name__}"
         )
     if n_data is not None and n_data != len(split):
-        raise ValueError(f"fit: n_data={n_data} but the training tensors hold {len(split)} rows")
+        raise DataError(f"fit: n_data={n_data} but the training tensors hold {len(split)} rows")
     check_split("train", split.x, split.y)
     return TensorBatches(split, batch_size, device=device, rank=rep.rank, world=rep.world)
 
@@ -86,7 +87,7 @@ def validation_data(data: Any, val: Any) -> Any:
         split = Split(torch.as_tensor(val[0]), torch.as_tensor(val[1]))
         check_split("val", split.x, split.y)
         return split
-    raise TypeError(
+    raise UnsupportedError(
         "fit: val must be a Split, an (x, y) pair or a DataLoader of (x, y) batches, got "
         f"{type(val).__name__}"
     )
@@ -95,12 +96,12 @@ def validation_data(data: Any, val: Any) -> Any:
 def check_split(name: str, x: Tensor, y: Tensor) -> None:
     """Non-empty, finite inputs and targets (a host sync: before training only)."""
     if x.shape[0] == 0:
-        raise ValueError(f"fit: the {name} split is empty")
+        raise DataError(f"fit: the {name} split is empty")
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
-        raise ValueError(f"fit: the {name} split has NaN/Inf inputs in {bad} examples")
+        raise DataError(f"fit: the {name} split has NaN/Inf inputs in {bad} examples")
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-        raise ValueError(f"fit: the {name} split has NaN/Inf targets")
+        raise DataError(f"fit: the {name} split has NaN/Inf targets")
 
 
 def check_network(net: BayesianNet, guide: Guide, x: Tensor, y: Tensor) -> None:
@@ -111,7 +112,7 @@ def check_network(net: BayesianNet, guide: Guide, x: Tensor, y: Tensor) -> None:
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
             first = next((m for m in net.module.modules() if hasattr(m, "weight")), None)
             expects = f"; its first layer is {first}" if first is not None else ""
-            raise ValueError(
+            raise DataError(
                 f"fit: the network cannot take the training inputs: a batch of shape "
                 f"{tuple(x[:2].shape)} fails with {type(e).__name__}: {e}{expects}"
             ) from None

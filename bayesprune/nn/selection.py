@@ -20,6 +20,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from bayesprune.errors import ConfigError, UnsupportedError
+
 LayerSelector = None | type | str | Callable[[str, nn.Module], bool] | Iterable[Any]
 
 
@@ -33,8 +35,8 @@ def _matches(item: Any, name: str, module: nn.Module) -> bool:
     raise _bad_selector(item)
 
 
-def _bad_selector(item: Any) -> TypeError:
-    return TypeError(
+def _bad_selector(item: Any) -> UnsupportedError:
+    return UnsupportedError(
         f"layers: cannot select modules with {item!r} ({type(item).__name__}); "
         "use a module type, a name or glob pattern, or a predicate f(name, module)"
     )
@@ -83,10 +85,10 @@ def select_layers(
             hits = [n for n in hits if isinstance(module.get_submodule(n), supported)]
         if isinstance(item, str) and not hits:
             known = ", ".join(n for n, _ in named[:20])
-            raise ValueError(f"layers: {item!r} matches no module; modules are: {known}")
+            raise ConfigError(f"layers: {item!r} matches no module; modules are: {known}")
         chosen.extend(h for h in hits if h not in chosen)
     if not chosen:
-        raise ValueError(
+        raise ConfigError(
             f"layers: the selector {layers!r} chose no module of {type(module).__name__}"
         )
     order = {n: i for i, (n, _) in enumerate(named)}

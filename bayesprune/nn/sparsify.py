@@ -7,6 +7,7 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.errors import UnsupportedError
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.likelihoods import Likelihood, likelihood_from_config
 from bayesprune.nn.selection import LayerSelector, select_layers
@@ -43,11 +44,11 @@ def sparsify(
     ('0',)
     """
     if isinstance(module, BayesianNet):
-        raise TypeError("sparsify: this network is already a BayesianNet; pass its .module")
+        raise UnsupportedError("sparsify: this network is already a BayesianNet; pass its .module")
     if not isinstance(module, nn.Module):
-        raise TypeError(f"sparsify: expected an nn.Module, got {type(module).__name__}")
+        raise UnsupportedError(f"sparsify: expected an nn.Module, got {type(module).__name__}")
     if not isinstance(prior, Prior):
-        raise TypeError(f"sparsify: expected a bayesprune Prior, got {type(prior).__name__}")
+        raise UnsupportedError(f"sparsify: expected a bayesprune Prior, got {type(prior).__name__}")
     names = select_layers(
         module, layers, default=prior.default_layer_types, supported=prior.supported_layer_types
     )

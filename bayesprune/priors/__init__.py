@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bayesprune.errors import ConfigError
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior
 from bayesprune.priors.block_gates import BlockGates
 from bayesprune.priors.dense import Dense
@@ -56,8 +57,8 @@ def from_config(config: dict[str, Any]) -> Prior:
     cfg = dict(config)
     name = cfg.pop("name", None)
     if name not in _REGISTRY:
-        raise ValueError(f"prior: unknown name {name!r}; known priors: {sorted(_REGISTRY)}")
+        raise ConfigError(f"prior: unknown name {name!r}; known priors: {sorted(_REGISTRY)}")
     try:
         return _REGISTRY[name](**cfg)
     except TypeError as e:
-        raise ValueError(f"prior {name!r}: bad hyper-parameters {sorted(cfg)}: {e}") from None
+        raise ConfigError(f"prior {name!r}: bad hyper-parameters {sorted(cfg)}: {e}") from None

@@ -23,6 +23,7 @@ import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.priors.base import Prior
 from bayesprune.sites import Context, Site
 
@@ -43,16 +44,16 @@ class Dense(Prior):
         return []
 
     def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
-        raise ValueError(f"Dense has no sites, so no initial value for site {site.name!r}")
+        raise ConfigError(f"Dense has no sites, so no initial value for site {site.name!r}")
 
     def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
-        raise ValueError(f"Dense has no sites, so no distribution for site {site.name!r}")
+        raise ConfigError(f"Dense has no sites, so no distribution for site {site.name!r}")
 
     def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
         return torch.zeros((), device=ctx.device, dtype=ctx.dtype)
 
     def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:
-        raise ValueError(
+        raise ConfigError(
             "Dense has no posterior to collapse; rank the trained weights with "
             "bayesprune.methods.magnitude_keep or l1_unit_keep"
         )

@@ -44,6 +44,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import constraints
 
+from bayesprune.errors import ConfigError
 from bayesprune.priors.base import Prior, check_positive
 from bayesprune.priors.hypersparse_penalty import HyperSparseFactor, hypersparse_penalty
 from bayesprune.priors.hypersparse_schedule import ARTSchedule
@@ -55,7 +56,7 @@ PENALTY_OVER = "penalty_over"
 
 def _count(owner: str, key: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {key} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{owner}: {key} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -98,16 +99,16 @@ class HyperSparse(Prior):
         max_regularise: int | None = None,
     ) -> None:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-            raise ValueError(f"HyperSparse: sparsity must be a number in (0, 1), got {sparsity!r}")
+            raise ConfigError(f"HyperSparse: sparsity must be a number in (0, 1), got {sparsity!r}")
         if not 0 < sparsity < 1:
-            raise ValueError(f"HyperSparse: sparsity must be in (0, 1), got {sparsity!r}")
+            raise ConfigError(f"HyperSparse: sparsity must be in (0, 1), got {sparsity!r}")
         check_positive("HyperSparse", lambda_init=lambda_init, eta=eta)
         if eta < 1:
-            raise ValueError(f"HyperSparse: eta must be >= 1 (α grows), got {eta!r}")
+            raise ConfigError(f"HyperSparse: eta must be >= 1 (α grows), got {eta!r}")
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
-            raise ValueError(f"HyperSparse: tolerance must be a number, got {tolerance!r}")
+            raise ConfigError(f"HyperSparse: tolerance must be a number, got {tolerance!r}")
         if not 0 <= tolerance < 1:
-            raise ValueError(f"HyperSparse: tolerance must be in [0, 1), got {tolerance!r}")
+            raise ConfigError(f"HyperSparse: tolerance must be in [0, 1), got {tolerance!r}")
         self.sparsity = float(sparsity)
         self.lambda_init = float(lambda_init)
         self.eta = float(eta)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.priors.weight_masks import HoldMasks, top_magnitude_masks
 
 
@@ -91,7 +92,7 @@ def validation_split(state: Any) -> tuple[Tensor, Tensor]:
         return val.x, val.y
     if isinstance(val, (tuple, list)) and len(val) == 2:
         return val[0], val[1]
-    raise ValueError(
+    raise ConfigError(
         "HyperSparse: ART's stop rule scores the magnitude-pruned network on a validation "
         "split; fit it on a bayesprune Dataset with a val split (e.g. fashion_mnist())"
     )

@@ -56,6 +56,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import constraints
 
+from bayesprune.errors import CheckpointError, ConfigError
 from bayesprune.priors.base import Prior
 from bayesprune.priors.jackpot_mask import MaskedWeight, mask_key
 from bayesprune.priors.jackpot_search import JackpotSearch
@@ -73,14 +74,14 @@ def _load_state(source: Any) -> Mapping[str, Tensor]:
         return source
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"Jackpot: pretrained file {str(path)!r} does not exist")
+        raise CheckpointError(f"Jackpot: pretrained file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
-        raise ValueError(f"Jackpot: pretrained file {str(path)!r} does not hold a state dict")
+        raise CheckpointError(f"Jackpot: pretrained file {str(path)!r} does not hold a state dict")
     return state
 
 
@@ -122,29 +123,29 @@ class Jackpot(Prior):
         pretrained: bool | str | os.PathLike | Mapping[str, Tensor] | nn.Module | None = True,
     ) -> None:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-            raise ValueError(f"Jackpot: sparsity must be a number in (0, 1), got {sparsity!r}")
+            raise ConfigError(f"Jackpot: sparsity must be a number in (0, 1), got {sparsity!r}")
         if not 0 < sparsity < 1:
-            raise ValueError(f"Jackpot: sparsity must be in (0, 1), got {sparsity!r}")
+            raise ConfigError(f"Jackpot: sparsity must be in (0, 1), got {sparsity!r}")
         if init not in INITS:
-            raise ValueError(f"Jackpot: init must be one of {INITS}, got {init!r}")
+            raise ConfigError(f"Jackpot: init must be one of {INITS}, got {init!r}")
         if not isinstance(restrict, bool):
-            raise ValueError(f"Jackpot: restrict must be True or False, got {restrict!r}")
+            raise ConfigError(f"Jackpot: restrict must be True or False, got {restrict!r}")
         if (
             isinstance(budget_epochs, bool)
             or not isinstance(budget_epochs, int)
             or budget_epochs < 1
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"Jackpot: budget_epochs must be an integer >= 1, got {budget_epochs!r}"
             )
         if pretrained is None or pretrained is False:
-            raise ValueError(
+            raise ConfigError(
                 f"Jackpot: pretrained={pretrained!r}: a lottery jackpot searches a mask over "
                 "pre-trained weights; train the network first (e.g. bayesprune.methods.train) "
                 "and pass pretrained=True, or pass the weights (a state dict, a module or a file)"
             )
         if not isinstance(pretrained, (bool, str, os.PathLike, Mapping, nn.Module)):
-            raise ValueError(
+            raise ConfigError(
                 "Jackpot: pretrained must be True, a state dict, an nn.Module or a file path, "
                 f"got {type(pretrained).__name__}"
             )
@@ -165,7 +166,9 @@ class Jackpot(Prior):
             try:
                 module.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise ValueError(f"Jackpot: pretrained does not fit the network: {e}") from None
+                raise CheckpointError(
+                    f"Jackpot: pretrained does not fit the network: {e}"
+                ) from None
         weights = {n: module.get_submodule(n).weight for n in layer_names}
         self._keep = layer_keep_counts(weights, self.sparsity) if weights else {}
         for p in module.parameters():
@@ -186,7 +189,7 @@ class Jackpot(Prior):
     def frozen_weight(self, layer: str) -> Tensor:
         """The pre-trained weight of ``layer`` (the module's own parameter, not a copy)."""
         if layer not in self._frozen:
-            raise ValueError(f"Jackpot: layer {layer!r} is not one of {sorted(self._frozen)}")
+            raise ConfigError(f"Jackpot: layer {layer!r} is not one of {sorted(self._frozen)}")
         return self._frozen[layer]
 
     def initial_value(self, site: Site, layer: nn.Module) -> Tensor:

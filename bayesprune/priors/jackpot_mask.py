@@ -30,6 +30,8 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints
 
+from bayesprune.errors import ConfigError
+
 #: suffix of the point entries holding a jackpot guide's current mask (see the module docstring)
 MASK_SUFFIX = "$mask"
 
@@ -56,7 +58,7 @@ class MaskedWeight(TorchDistribution):
 
     def __init__(self, w0: Tensor, probs: float, validate_args: bool | None = None) -> None:
         if not 0 <= probs <= 1:
-            raise ValueError(f"MaskedWeight: probs must be in [0, 1], got {probs!r}")
+            raise ConfigError(f"MaskedWeight: probs must be in [0, 1], got {probs!r}")
         self.w0 = w0
         self.probs = float(probs)
         super().__init__(torch.Size(), w0.shape, validate_args=validate_args)

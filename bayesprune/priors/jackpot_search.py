@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bayesprune.errors import ConfigError
 from bayesprune.priors.jackpot_swaps import restricted_swaps, swap_fraction
 
 
@@ -59,7 +60,7 @@ class JackpotSearch:
     def on_fit_start(self, state: Any) -> None:
         layers = getattr(state.guide, "jackpot_layers", None)
         if layers is None:
-            raise ValueError(
+            raise ConfigError(
                 f"Jackpot: the guide must be a JackpotGuide (the prior's default guide), "
                 f"got {type(state.guide).__name__}"
             )

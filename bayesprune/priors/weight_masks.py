@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.sites import is_real
 
 
@@ -35,9 +36,9 @@ def top_magnitude_masks(weights: dict[str, Tensor], keep: float) -> dict[str, Te
     :raises ValueError: when ``keep`` is not in ``(0, 1]`` or ``weights`` is empty.
     """
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-        raise ValueError(f"top_magnitude_masks: keep must be in (0, 1], got {keep!r}")
+        raise ConfigError(f"top_magnitude_masks: keep must be in (0, 1], got {keep!r}")
     if not weights:
-        raise ValueError("top_magnitude_masks: weights is empty")
+        raise ConfigError("top_magnitude_masks: weights is empty")
     flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
     k = round(keep * flat.numel())
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
@@ -64,10 +65,10 @@ def trained_tensor(net: Any, guide: Any, param: str) -> Tensor:
         try:
             return net.module.get_parameter(param)
         except AttributeError:
-            raise ValueError(f"masks: the network has no parameter {param!r}") from None
+            raise ConfigError(f"masks: the network has no parameter {param!r}") from None
     params = guide.site_parameters(site)
     if getattr(guide, "name", None) != "map" or not is_real(site.support) or len(params) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"masks: {param!r} is the site {site.name!r} of a {type(guide).__name__} guide; "
             "masks can be held only under a MAP guide"
         )
@@ -84,7 +85,7 @@ class HoldMasks:
     def __init__(self, masks: dict[str, Tensor]) -> None:
         for name, m in masks.items():
             if not isinstance(m, Tensor) or m.dtype != torch.bool:
-                raise ValueError(f"HoldMasks: masks[{name!r}] must be a bool tensor")
+                raise ConfigError(f"HoldMasks: masks[{name!r}] must be a bool tensor")
         self.masks = dict(masks)
         self._held: list[tuple[Tensor, Tensor]] = []
 
@@ -95,7 +96,7 @@ class HoldMasks:
         for name, m in self.masks.items():
             w = trained_tensor(state.net, state.guide, name)
             if tuple(m.shape) != tuple(w.shape):
-                raise ValueError(
+                raise ConfigError(
                     f"HoldMasks: mask for {name!r} has shape {tuple(m.shape)}, "
                     f"the parameter {tuple(w.shape)}"
                 )

@@ -33,6 +33,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from bayesprune.blocks import block_spec
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.inclusion import inclusion_probs
@@ -67,7 +68,7 @@ def _block_keep(name: str, layer: nn.Module, mask: Tensor) -> KeepSet:
     """A gated layer without a weight is a residual block with one score (block gates):
     kept whole, or replaced by its shortcut (``identity=True``)."""
     if block_spec(layer) is None or mask.numel() != 1:
-        raise ValueError(
+        raise ConfigError(
             f"collapse: layer {name!r} ({type(layer).__name__}) has no weight, so its scores "
             f"must be one score for a whole residual block; got shape {tuple(mask.shape)}"
             + ("" if block_spec(layer) is not None else " for a module that is not a block")
@@ -139,29 +140,29 @@ def collapse(
     (3, (3,))
     """
     if rule not in RULES:
-        raise ValueError(f"collapse: rule must be one of {RULES}, got {rule!r}")
+        raise ConfigError(f"collapse: rule must be one of {RULES}, got {rule!r}")
     if point is None:
         if guide is None:
-            raise ValueError("collapse: pass the fitted guide (or point=)")
+            raise ConfigError("collapse: pass the fitted guide (or point=)")
         point = guide.point()
     if keep is not None and not (
         isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0 < keep <= 1
     ):
-        raise ValueError(f"collapse: keep must be a fraction in (0, 1], got {keep!r}")
+        raise ConfigError(f"collapse: keep must be a fraction in (0, 1], got {keep!r}")
     if threshold is not None and (
         not isinstance(threshold, (int, float))
         or isinstance(threshold, bool)
         or threshold != threshold
     ):
-        raise ValueError(f"collapse: threshold must be a number, got {threshold!r}")
+        raise ConfigError(f"collapse: threshold must be a number, got {threshold!r}")
     if scope not in ("global", "layer"):
-        raise ValueError(f"collapse: scope must be 'global' or 'layer', got {scope!r}")
+        raise ConfigError(f"collapse: scope must be 'global' or 'layer', got {scope!r}")
     if rule == "inclusion":
         return _collapse_by_inclusion(
             net, guide, point, keep, threshold, min_units, max_risk, options
         )
     if max_risk is not None:
-        raise ValueError(
+        raise ConfigError(
             "collapse: max_risk is for rule='inclusion'; rule='score' uses keep/threshold"
         )
     scores = layer_scores(net, point, **options)
@@ -196,9 +197,9 @@ def _collapse_by_inclusion(
     options: dict[str, Any],
 ) -> dict[str, KeepSet]:
     if guide is None:
-        raise ValueError("collapse: rule='inclusion' needs the fitted guide (its distributions)")
+        raise ConfigError("collapse: rule='inclusion' needs the fitted guide (its distributions)")
     if keep is not None or threshold is not None:
-        raise ValueError(
+        raise ConfigError(
             "collapse: keep and threshold are for rule='score'; rule='inclusion' takes max_risk"
         )
     if (
@@ -207,12 +208,12 @@ def _collapse_by_inclusion(
         or not isinstance(max_risk, (int, float))
         or not 0 < max_risk < 1
     ):
-        raise ValueError(
+        raise ConfigError(
             f"collapse: rule='inclusion' needs max_risk, a probability in (0, 1), got {max_risk!r}"
         )
     unknown = sorted(set(options) - set(_INCLUSION_OPTIONS))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"collapse: unknown option(s) {unknown} for rule='inclusion'; "
             f"it takes {list(_INCLUSION_OPTIONS)}"
         )
@@ -274,7 +275,7 @@ def _keepsets(
             units = mask.nonzero().flatten().cpu()
             ks = KeepSet(units=units, n_units=mask.numel(), values=values, zeroed=zeroed)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"collapse: scores of layer {name!r} have shape {tuple(mask.shape)}, neither the "
                 f"weight's {tuple(layer.weight.shape)} nor ({layer.weight.shape[0]},)"
             )

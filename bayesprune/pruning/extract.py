@@ -38,6 +38,7 @@ import torch_pruning as tp
 from torch import Tensor
 
 from bayesprune.blocks import block_spec, to_shortcut
+from bayesprune.errors import ConfigError, ExportMismatchError, UnsupportedError
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.keepset import KeepSet
 
@@ -52,24 +53,26 @@ def _check(module: nn.Module, keep: dict[str, KeepSet]) -> None:
     names = dict(module.named_modules())
     for name, ks in keep.items():
         if name not in names:
-            raise ValueError(
+            raise ConfigError(
                 f"extract: keep-set names layer {name!r}, which the network does not have"
             )
         if not isinstance(ks, KeepSet):
-            raise TypeError(f"extract: keep[{name!r}] must be a KeepSet, got {type(ks).__name__}")
+            raise UnsupportedError(
+                f"extract: keep[{name!r}] must be a KeepSet, got {type(ks).__name__}"
+            )
         layer = names[name]
         w = getattr(layer, "weight", None)
         if ks.weight_mask is not None and (
             w is None or tuple(ks.weight_mask.shape) != tuple(w.shape)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"extract: layer {name!r}: weight_mask shape {tuple(ks.weight_mask.shape)} does not "
                 f"match the weight {None if w is None else tuple(w.shape)}"
             )
         for pname, v in ks.values.items():
             p = getattr(layer, pname, None)
             if not isinstance(p, Tensor) or tuple(p.shape) != tuple(v.shape):
-                raise ValueError(
+                raise ConfigError(
                     f"extract: layer {name!r}: value for {pname!r} has shape {tuple(v.shape)}, "
                     f"the layer's is {None if p is None else tuple(p.shape)}"
                 )
@@ -86,7 +89,7 @@ def dependency_graph(
     """torch-pruning's dependency graph of ``module``, traced once on ``example_input`` in
     eval mode (the module's mode is restored); ``who`` names the caller in errors."""
     if example_input is None:
-        raise ValueError(
+        raise ConfigError(
             f"{who}: removing units needs an example input to trace the network; pass "
             "example_input= (a BayesianNet records one when it is fitted)"
         )
@@ -116,22 +119,22 @@ def _plan(
     for name, ks in structured.items():  # check every keep-set, coupled ones included
         layer = module.get_submodule(name)
         if layer not in dg.module2node:
-            raise ValueError(
+            raise ConfigError(
                 f"{who}: cannot remove units of layer {name!r} ({type(layer).__name__}): it "
                 "is not a layer of the network's traced forward pass on the example input"
             )
         pruner = dg.get_pruner_of_module(layer)
         n_out = dg.get_out_channels(layer) if pruner is not None else None
         if n_out is None:
-            raise TypeError(
+            raise UnsupportedError(
                 f"{who}: cannot remove units of layer {name!r} ({type(layer).__name__})"
             )
         if ks.n_units is not None and ks.n_units != n_out:
-            raise ValueError(
+            raise ConfigError(
                 f"{who}: layer {name!r} has {n_out} units, its keep-set says {ks.n_units}"
             )
         if ks.units.numel() and int(ks.units.max()) >= n_out:
-            raise ValueError(
+            raise ConfigError(
                 f"{who}: layer {name!r} has {n_out} units, its keep-set keeps unit "
                 f"{int(ks.units.max())}"
             )
@@ -158,7 +161,7 @@ def _plan(
                     drop.discard(root)
             done.add(other)
         if len(drop) >= n_out:
-            raise ValueError(f"{who}: the keep-set of layer {name!r} drops all {n_out} units")
+            raise ConfigError(f"{who}: the keep-set of layer {name!r} drops all {n_out} units")
         if drop:
             _check_grouped(dg, _group(dg, layer, sorted(drop)), name, name_of, who)
             plan.append((layer, sorted(drop)))
@@ -195,7 +198,7 @@ def _check_grouped(
         )
         if not ok:
             side = "output units" if out else "input channels"
-            raise ValueError(
+            raise ConfigError(
                 f"{who}: removing units of layer {root!r} removes {side} {idxs} of the "
                 f"grouped convolution {name_of.get(m, type(m).__name__)!r} (groups={g}), which "
                 "cannot be sliced into equal groups; a grouped conv (other than depthwise) "
@@ -221,7 +224,7 @@ def _zero_out_channels(dg: tp.DependencyGraph, group: tp.DependencyGroup) -> Non
         if not is_bn and not any(True for _ in m.parameters(recurse=False)):
             continue  # parameter-free ops (ReLU, pooling, add, ...) pass zeros through
         if not isinstance(m, _ZEROABLE):
-            raise TypeError(
+            raise UnsupportedError(
                 f"extract: cannot zero the dropped channels of a coupled {type(m).__name__}; "
                 "supported: Linear, Conv, BatchNorm"
             )
@@ -271,13 +274,13 @@ def _identity_blocks(
         block = module.get_submodule(name)
         spec = block_spec(block)
         if spec is None or not name:
-            raise ValueError(
+            raise ConfigError(
                 f"extract: keep[{name!r}] says identity, but {name!r} ({type(block).__name__}) is "
                 "not a residual block inside the network (see bayesprune.blocks)"
             )
         end = block.get_submodule(spec.branch_end)
         if not isinstance(end, _ZEROABLE) or getattr(end, "weight", None) is None:
-            raise TypeError(
+            raise UnsupportedError(
                 f"extract: cannot zero the branch end {name}.{spec.branch_end} "
                 f"({type(end).__name__}) of block {name!r}; supported: Linear, Conv, affine BatchNorm"
             )
@@ -296,7 +299,7 @@ def _identity_blocks(
             for a, b in zip(before, _outputs(module, check_on), strict=True):
                 diff = float((a - b).abs().max())
                 if not diff <= 1e-4 * (1.0 + float(a.abs().max())):
-                    raise ValueError(
+                    raise ConfigError(
                         f"extract: replacing blocks {list(removed)} by their shortcuts changes the "
                         f"output by {diff:.3g}: a block's output with its branch at 0 is not "
                         "relu(shortcut(x)); give its class an as_shortcut() method"
@@ -401,7 +404,7 @@ def _compare(before: list[Tensor], after: list[Tensor]) -> None:
         tol = 1e-4 * (1.0 + float(a.abs().max()))
         diff = float((a - b).abs().max())
         if not diff <= tol:
-            raise ValueError(
+            raise ExportMismatchError(
                 f"extract: on the example input the extracted network's output {i} differs "
                 f"from the collapsed (masked) model's by {diff:.3g} (tolerance {tol:.3g}): a "
                 "dropped unit's zero output does not reach its consumers as zero -- typically an "

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError, UnsupportedError
+
 
 @dataclass
 class KeepSet:
@@ -52,16 +54,16 @@ class KeepSet:
             not isinstance(self.weight_mask, Tensor) or self.weight_mask.dtype != torch.bool
         ):
             got = getattr(self.weight_mask, "dtype", type(self.weight_mask).__name__)
-            raise TypeError(f"KeepSet.weight_mask must be a bool tensor, got {got}")
+            raise UnsupportedError(f"KeepSet.weight_mask must be a bool tensor, got {got}")
         if self.n_units is not None:
             n = self.n_units
             if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-                raise ValueError(f"KeepSet.n_units must be a positive integer, got {n!r}")
+                raise ConfigError(f"KeepSet.n_units must be a positive integer, got {n!r}")
             self.n_units = int(n)
         if self.units is not None:
             u = torch.as_tensor(self.units)
             if u.numel() and (u.dtype == torch.bool or u.is_floating_point() or u.is_complex()):
-                raise TypeError(
+                raise UnsupportedError(
                     f"KeepSet.units must be integer unit indices, got {u.dtype} "
                     "(for a boolean mask over units use mask.nonzero().flatten())"
                 )
@@ -69,12 +71,12 @@ class KeepSet:
             if u.numel() and (
                 u.min() < 0 or (self.n_units is not None and u.max() >= self.n_units)
             ):
-                raise ValueError(f"KeepSet.units out of range [0, {self.n_units}): {u.tolist()}")
+                raise ConfigError(f"KeepSet.units out of range [0, {self.n_units}): {u.tolist()}")
             self.units = torch.unique(u)  # sorted, no repeats
         if self.zeroed is not None:
             z = torch.unique(torch.as_tensor(self.zeroed, dtype=torch.long).flatten())
             if self.units is None or bool((~torch.isin(z, self.units)).any()):
-                raise ValueError(
+                raise ConfigError(
                     f"KeepSet.zeroed must be a subset of the kept units, got {z.tolist()}"
                 )
             self.zeroed = z if z.numel() else None
@@ -91,7 +93,7 @@ class KeepSet:
             return 0
         if self.n_units is not None:
             return self.n_units
-        raise ValueError("KeepSet has neither units nor weight_mask")
+        raise ConfigError("KeepSet has neither units nor weight_mask")
 
     @property
     def fraction_kept(self) -> float:
@@ -99,8 +101,8 @@ class KeepSet:
             return self.n_kept / (self.n_units or 1)
         if self.units is not None:
             if self.n_units is None:
-                raise ValueError("KeepSet.n_units is needed for a fraction of units")
+                raise ConfigError("KeepSet.n_units is needed for a fraction of units")
             return self.n_kept / self.n_units
         if self.weight_mask is not None:
             return self.n_kept / self.weight_mask.numel()
-        raise ValueError("KeepSet has neither units nor weight_mask")
+        raise ConfigError("KeepSet has neither units nor weight_mask")

@@ -25,6 +25,7 @@ import numpy as np
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.keepset import KeepSet
@@ -57,7 +58,7 @@ def resolve_input(owner: str, net: BayesianNet | nn.Module, example_input: Tenso
     if example_input is None and callable(getattr(module, "example_input", None)):
         example_input = module.example_input(1)
     if example_input is None:
-        raise ValueError(
+        raise ConfigError(
             f"{owner}: example_input is needed to trace the network and count its FLOPs"
         )
     return example_input[:1]
@@ -72,7 +73,7 @@ def fitted_values(
     if not isinstance(net, BayesianNet) or not net.replacing:
         return {}
     if guide is None:
-        raise ValueError(
+        raise ConfigError(
             f"{owner}: guide is needed: the fitted weights of a BayesianNet's prior layers "
             "are the guide's point estimate"
         )
@@ -121,12 +122,12 @@ class Space:
         self.constraints = Constraints.of(self.owner, flops, params, ratio)
         names = default_layers(net) if layers is None else list(layers)
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"{self.owner}: layers must name distinct layers, got {names!r}")
+            raise ConfigError(f"{self.owner}: layers must name distinct layers, got {names!r}")
         self.example_input = resolve_input(self.owner, net, example_input)
         try:
             self.cost_model = CostModel(self.module, names, self.example_input)
         except ValueError as e:
-            raise ValueError(f"{self.owner}: {str(e).removeprefix('CostModel: ')}") from None
+            raise ConfigError(f"{self.owner}: {str(e).removeprefix('CostModel: ')}") from None
         self.layers: tuple[str, ...] = self.cost_model.layers
         self.n_units: np.ndarray = self.cost_model.n_units
         #: point estimates of the replaced parameters, per layer (see :func:`fitted_values`)
@@ -175,15 +176,15 @@ class Space:
         name = self.constraints.disjoint(lo, hi)
         if name is not None:
             i = ("flops", "params").index(name)
-            raise ValueError(
+            raise ConfigError(
                 f"{self.owner}: {name}={self.constraints.given[name]} leaves no subnetwork: "
                 f"this space's subnetworks cost {lo[i]:.4g} to {hi[i]:.4g} of the dense {name}"
             )
 
-    def no_subnetwork(self, tried: str) -> ValueError:
+    def no_subnetwork(self, tried: str) -> ConfigError:
         """The error for constraints that no sampled/enumerated subnetwork met."""
         given = ", ".join(f"{k}={v}" for k, v in self.constraints.given.items()) or "none"
-        return ValueError(
+        return ConfigError(
             f"{self.owner}: no subnetwork meets the constraints ({given}) in {tried}; "
             "widen flops/params/ratio"
         )

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bayesprune.errors import ConfigError
+
 Range = tuple[float, float]
 
 
@@ -34,7 +36,7 @@ def check_range(owner: str, name: str, value: object, *, upper: float | None = N
         ok = 0 <= lo <= hi < math.inf and (upper is None or hi <= upper)
     if not ok:
         bound = f" <= {upper}" if upper is not None else ""
-        raise ValueError(
+        raise ConfigError(
             f"{owner}: {name} must be a pair (lo, hi) with 0 <= lo <= hi{bound}, got {value!r}"
         )
     return lo, hi

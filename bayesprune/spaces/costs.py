@@ -31,6 +31,7 @@ import numpy as np
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.metrics import count_flops, count_parameters
 from bayesprune.pruning.extract import dependency_graph
 
@@ -70,12 +71,12 @@ class CostModel:
             layer = names.get(name)
             if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
                 got = "missing" if layer is None else type(layer).__name__
-                raise ValueError(f"CostModel: layers: {name!r} is not a Conv/Linear ({got})")
+                raise ConfigError(f"CostModel: layers: {name!r} is not a Conv/Linear ({got})")
             if (
                 isinstance(layer, nn.modules.conv._ConvTransposeNd)
                 or getattr(layer, "groups", 1) != 1
             ):
-                raise ValueError(
+                raise ConfigError(
                     f"CostModel: layers: {name!r}: grouped/transposed convs are not modelled"
                 )
         self.layers: tuple[str, ...] = tuple(layers)
@@ -109,14 +110,14 @@ class CostModel:
                 t = terms[mname]
                 if isinstance(m, _BN) or dg.is_out_channel_pruning_fn(item.dep.handler):
                     if t.out not in (-1, i):
-                        raise ValueError(
+                        raise ConfigError(
                             f"CostModel: layers: {layers[t.out]!r} and {name!r} are coupled "
                             f"(both cut {mname!r}'s outputs); pruned layers must be independent"
                         )
                     t.out = i
                 elif all(j != i for j, _ in t.ins):
                     if getattr(m, "groups", 1) != 1:
-                        raise ValueError(
+                        raise ConfigError(
                             f"CostModel: layers: {name!r} feeds the grouped conv {mname!r}"
                         )
                     t.ins.append((i, len(item.idxs) / _in_size(m)))
@@ -130,7 +131,7 @@ class CostModel:
     def _check(self, counts: np.ndarray) -> np.ndarray:
         c = np.asarray(counts)
         if c.ndim != 2 or c.shape[1] != len(self.layers):
-            raise ValueError(
+            raise ConfigError(
                 f"CostModel: counts must have shape (N, {len(self.layers)}), got {c.shape}"
             )
         return c.astype(np.float64)

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayesprune.errors import ConfigError
+
 
 def _weights(n: int, weights: np.ndarray | None) -> np.ndarray:
     if weights is None:
         return np.full(n, 1.0 / max(n, 1))
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"edf: weights must be {n} finite non-negative numbers with a positive sum"
         )
     return w / w.sum()
@@ -42,7 +44,7 @@ def edf(errors: np.ndarray, at: np.ndarray, weights: np.ndarray | None = None) -
     """
     e = np.asarray(errors, dtype=np.float64).ravel()
     if e.size == 0 or not np.isfinite(e).all():
-        raise ValueError("edf: errors must be a non-empty array of finite numbers")
+        raise ConfigError("edf: errors must be a non-empty array of finite numbers")
     w = _weights(e.size, weights)
     order = np.argsort(e, kind="stable")
     cum = np.concatenate([[0.0], np.cumsum(w[order])])
@@ -60,7 +62,7 @@ def complexity_weights(complexity: np.ndarray, bins: np.ndarray) -> np.ndarray:
     c = np.asarray(complexity, dtype=np.float64).ravel()
     edges = np.asarray(bins, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or (np.diff(edges) <= 0).any():
-        raise ValueError("complexity_weights: bins must be at least 2 increasing edges")
+        raise ConfigError("complexity_weights: bins must be at least 2 increasing edges")
     which = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, edges.size - 2)
     per_bin = np.bincount(which, minlength=edges.size - 1)
     w = 1.0 / per_bin[which]

@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from bayesprune.data.dataset import Dataset, Split
+from bayesprune.errors import ConfigError
 from bayesprune.methods.train import accuracy, train
 from bayesprune.metrics import count_flops, count_parameters
 from bayesprune.nn.bayesian_net import BayesianNet
@@ -82,17 +83,17 @@ def evaluate(
         ``finetune_epochs`` / ``finetune_examples``.
     """
     if len(population) == 0:
-        raise ValueError("evaluate: population is empty")
+        raise ConfigError("evaluate: population is empty")
     if (
         isinstance(finetune_epochs, bool)
         or not isinstance(finetune_epochs, int)
         or (finetune_epochs < 0)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"evaluate: finetune_epochs must be an integer >= 0, got {finetune_epochs!r}"
         )
     if finetune_examples is not None and finetune_examples < 1:
-        raise ValueError(f"evaluate: finetune_examples must be >= 1, got {finetune_examples!r}")
+        raise ConfigError(f"evaluate: finetune_examples must be >= 1, got {finetune_examples!r}")
     held = data.split(split)
     x = held.x[:1] if example_input is None else example_input[:1]
     module = plain(net)
@@ -103,7 +104,7 @@ def evaluate(
     rows = []
     for keep in population:
         if tuple(n for n, k in keep.items() if k.units is not None) != layers:
-            raise ValueError(f"evaluate: every subnetwork must prune layers {layers}")
+            raise ConfigError(f"evaluate: every subnetwork must prune layers {layers}")
         small = extract(net, keep, example_input=x)
         err0 = 1.0 - accuracy(small, held.x, held.y)
         err = err0

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bayesprune.errors import ConfigError
 from bayesprune.spaces.edf import edf  # noqa: E402
 from bayesprune.spaces.population import Population  # noqa: E402
 
@@ -50,7 +51,7 @@ def plot_edfs(
     :param title: figure title.
     """
     if not populations:
-        raise ValueError("plot_edfs: populations is empty")
+        raise ConfigError("plot_edfs: populations is empty")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shown = [p.errors for p in populations]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesprune.errors import ConfigError
 from bayesprune.pruning.keepset import KeepSet
 from bayesprune.spaces.edf import edf
 
@@ -79,7 +80,7 @@ class Population:
     def best(self, fraction: float = 0.1) -> np.ndarray:
         """Indices of the ``ceil(fraction · N)`` lowest errors, best first (ties by index)."""
         if not 0 < fraction <= 1:
-            raise ValueError(f"Population.best: fraction must be in (0, 1], got {fraction!r}")
+            raise ConfigError(f"Population.best: fraction must be in (0, 1], got {fraction!r}")
         k = max(1, math.ceil(fraction * len(self)))
         return np.argsort(self.errors, kind="stable")[:k]
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.inclusion import inclusion_kind, inclusion_probs
@@ -63,12 +64,12 @@ class PosteriorSpace(Space):
         max_draws: int = 1_000_000,
     ) -> None:
         if not isinstance(net, BayesianNet) or not net.gates:
-            raise ValueError(
+            raise ConfigError(
                 "PosteriorSpace: net must be a BayesianNet with unit gates "
                 "(sparsify(module, UnitGates(...)))"
             )
         if inclusion_kind(net, guide) != "gate":
-            raise ValueError("PosteriorSpace: net: every prior layer must carry unit gates")
+            raise ConfigError("PosteriorSpace: net: every prior layer must carry unit gates")
         super().__init__(
             net,
             None,
@@ -85,7 +86,7 @@ class PosteriorSpace(Space):
         }
         for name, th in self.theta.items():
             if not (th > 0).any():
-                raise ValueError(
+                raise ConfigError(
                     f"PosteriorSpace: guide gives every unit of layer {name!r} θ = 0: no "
                     "subnetwork keeps a unit there"
                 )

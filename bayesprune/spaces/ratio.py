@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesprune.errors import ConfigError
 from bayesprune.spaces.population import Population
 
 
@@ -56,7 +57,7 @@ def ratio_finding(
         ``p_value`` and ``spearman_error_ratio``.
     """
     if len(population) < 4:
-        raise ValueError(
+        raise ConfigError(
             f"ratio_finding: population needs at least 4 subnetworks, got {len(population)}"
         )
     log_r = np.log(population.ratio)

@@ -32,6 +32,7 @@ import numpy as np
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.pruning.keepset import KeepSet
@@ -85,7 +86,7 @@ class PruningSpace(Space):
         max_draws: int = 2_000_000,
     ) -> None:
         if units not in SELECTIONS:
-            raise ValueError(f"PruningSpace: units must be one of {SELECTIONS}, got {units!r}")
+            raise ConfigError(f"PruningSpace: units must be one of {SELECTIONS}, got {units!r}")
         lo, hi = check_range(self.owner, "width_range", width_range, upper=1.0)
         super().__init__(
             net,
@@ -104,7 +105,7 @@ class PruningSpace(Space):
             counts = self._counts(name, n, widths)
             counts = counts[(counts >= lo * n - 1e-9) & (counts <= hi * n + 1e-9)]
             if counts.size == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"PruningSpace: widths/width_range leave layer {name!r} ({n} units) no width"
                 )
             self.choices[name] = counts
@@ -120,11 +121,11 @@ class PruningSpace(Space):
             return np.arange(1, n + 1)
         grid = widths.get(name) if isinstance(widths, Mapping) else widths
         if grid is None:
-            raise ValueError(f"PruningSpace: widths has no grid for layer {name!r}")
+            raise ConfigError(f"PruningSpace: widths has no grid for layer {name!r}")
         if isinstance(grid, str | bytes) or not all(
             isinstance(f, numbers.Real) and not isinstance(f, bool) and 0 < f <= 1 for f in grid
         ):
-            raise ValueError(f"PruningSpace: widths must be fractions in (0, 1], got {grid!r}")
+            raise ConfigError(f"PruningSpace: widths must be fractions in (0, 1], got {grid!r}")
         return np.unique([max(1, round(f * n)) for f in grid])
 
     @property
@@ -139,7 +140,7 @@ class PruningSpace(Space):
             none of them meets the constraints."""
         if self._feasible is None:
             if self.size > self.exact_limit:
-                raise ValueError(
+                raise ConfigError(
                     f"PruningSpace: {self.size} width vectors exceed exact_limit="
                     f"{self.exact_limit}; raise it or sample by rejection"
                 )
@@ -187,5 +188,5 @@ class PruningSpace(Space):
 
 def _check_n(owner: str, n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"{owner}: n must be a positive integer, got {n!r}")
+        raise ConfigError(f"{owner}: n must be a positive integer, got {n!r}")
     return int(n)

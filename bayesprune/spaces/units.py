@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bayesprune.errors import ConfigError
+
 SELECTIONS = ("l1", "random")
 
 
@@ -44,5 +46,5 @@ def choose_units(
     elif how == "random":
         chosen = rng.choice(n, size=k, replace=False)
     else:
-        raise ValueError(f"units must be one of {SELECTIONS}, got {how!r}")
+        raise ConfigError(f"units must be one of {SELECTIONS}, got {how!r}")
     return torch.as_tensor(np.sort(chosen), dtype=torch.long)
