@@ -43,6 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from bayesprune.errors import UnsupportedError
+
 __all__ = ["BlockSpec", "Shortcut", "block_spec", "block_types", "register_block", "to_shortcut"]
 
 
@@ -64,7 +66,7 @@ def register_block(cls: type, *, branch_end: str, shortcut: str = "downsample") 
     :param shortcut: attribute name of the shortcut module (``None``-valued = identity).
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise TypeError(f"register_block: expected an nn.Module subclass, got {cls!r}")
+        raise UnsupportedError(f"register_block: expected an nn.Module subclass, got {cls!r}")
     _REGISTERED[cls] = BlockSpec(branch_end, shortcut)
 
 
@@ -124,5 +126,5 @@ def to_shortcut(block: nn.Module) -> nn.Module:
         return block.as_shortcut()
     spec = block_spec(block)
     if spec is None:
-        raise TypeError(f"{type(block).__name__} is not a residual block")
+        raise UnsupportedError(f"{type(block).__name__} is not a residual block")
     return Shortcut(getattr(block, spec.shortcut, None))

@@ -2,7 +2,7 @@
 
 ``errors`` imports nothing and every floor raises its errors. ``metrics`` sits on the
 ground floor although the pipeline reads it late: it counts the parameters, FLOPs and
-latency of plain ``nn.Module``s, imports nothing of bayesprune, and the gate priors'
+latency of plain ``nn.Module``s, imports nothing of bayesprune but its errors, and the gate priors'
 complexity-aware prices need its FLOP counter.
 """
 

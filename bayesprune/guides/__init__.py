@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.guides.jackpot import JackpotGuide
 from bayesprune.guides.map import MAP
@@ -49,11 +50,11 @@ def guide_from_config(net: BayesianNet, config: dict[str, Any] | str) -> Guide:
     cfg = {"name": config} if isinstance(config, str) else dict(config)
     name = str(cfg.pop("name", "")).replace("-", "_")
     if name not in _REGISTRY:
-        raise ValueError(f"guide: unknown name {name!r}; known guides: {sorted(_REGISTRY)}")
+        raise ConfigError(f"guide: unknown name {name!r}; known guides: {sorted(_REGISTRY)}")
     try:
         return _REGISTRY[name](net, **cfg)
     except TypeError as e:
-        raise ValueError(f"guide {name!r}: bad options {sorted(cfg)}: {e}") from None
+        raise ConfigError(f"guide {name!r}: bad options {sorted(cfg)}: {e}") from None
 
 
 def default_guide(net: BayesianNet) -> Guide:

@@ -39,6 +39,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 
 from bayesprune.distributions.flattening import optimal_prior_prob
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.param_store import expose
 from bayesprune.priors.gates import gate_constants, probs_key
@@ -74,7 +75,7 @@ class Guide(nn.Module, ABC):
     def __init__(self, net: BayesianNet) -> None:
         super().__init__()
         if not isinstance(net, BayesianNet):
-            raise TypeError(
+            raise UnsupportedError(
                 f"{type(self).__name__}: expected a BayesianNet (from sparsify), got {type(net).__name__}"
             )
         # plain tuple: the guide must not register the net's parameters as its own
@@ -243,15 +244,17 @@ def check_pair(who: str, net: object, guide: object) -> None:
     """Raise, naming ``who``, unless ``net`` is a BayesianNet and ``guide`` a Guide over the
     same sites (same names and shapes, e.g. after the same live unit removals)."""
     if not isinstance(net, BayesianNet):
-        raise TypeError(
+        raise UnsupportedError(
             f"{who}: net must be a BayesianNet (from bayesprune.sparsify), got {type(net).__name__}"
         )
     if not isinstance(guide, Guide):
-        raise TypeError(f"{who}: guide must be a bayesprune Guide, got {type(guide).__name__}")
+        raise UnsupportedError(
+            f"{who}: guide must be a bayesprune Guide, got {type(guide).__name__}"
+        )
     mine = [(s.name, s.shape) for s in net.sites]
     theirs = [(s.name, s.shape) for s in guide.sites]
     if mine != theirs:
-        raise ValueError(
+        raise ConfigError(
             f"{who}: guide does not match net: it was built for other sites ({theirs}; the "
             f"net's are {mine}; was it built for this net, before or after the same unit removals?)"
         )

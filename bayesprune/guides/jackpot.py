@@ -37,6 +37,7 @@ import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
 
+from bayesprune.errors import UnsupportedError
 from bayesprune.guides.base import Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.priors.jackpot import Jackpot
@@ -67,7 +68,7 @@ class JackpotGuide(Guide):
     def __init__(self, net: BayesianNet) -> None:
         super().__init__(net)
         if not isinstance(net.prior, Jackpot):
-            raise TypeError(
+            raise UnsupportedError(
                 f"JackpotGuide: the net's prior must be Jackpot, got {type(net.prior).__name__}"
             )
         self.scores = nn.ParameterDict()

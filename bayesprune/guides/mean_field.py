@@ -25,6 +25,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import biject_to
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import GATE_ROLES, Guide, key
 from bayesprune.guides.softplus import softplus
 from bayesprune.nn.bayesian_net import BayesianNet
@@ -50,9 +51,9 @@ class MeanField(Guide):
     ) -> None:
         super().__init__(net)
         if isinstance(init_scale, bool) or not (0 < init_scale < math.inf):
-            raise ValueError(f"MeanField: init_scale must be > 0, got {init_scale!r}")
+            raise ConfigError(f"MeanField: init_scale must be > 0, got {init_scale!r}")
         if scales not in ("delta", "lognormal"):
-            raise ValueError(f"MeanField: scales must be 'delta' or 'lognormal', got {scales!r}")
+            raise ConfigError(f"MeanField: scales must be 'delta' or 'lognormal', got {scales!r}")
         self.init_scale = float(init_scale)
         self.scales = scales
         self.loc = nn.ParameterDict()

@@ -54,9 +54,14 @@ import pyro.infer
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.likelihoods import check_batch
+
+
+#: the names :func:`loss_from_name` (and ``fit(loss=...)``) accepts
+LOSSES = ("fused", "compiled", "trace")
 
 
 class FusedELBO:
@@ -119,7 +124,7 @@ class TraceELBO:
 def loss_from_name(name: str) -> FusedELBO | CompiledELBO | TraceELBO:
     """``"fused"`` (default, fast), ``"compiled"`` (the fused loss through ``torch.compile``)
     or ``"trace"`` (Pyro's Trace_ELBO)."""
-    kinds = {"fused": FusedELBO, "compiled": CompiledELBO, "trace": TraceELBO}
+    kinds = dict(zip(LOSSES, (FusedELBO, CompiledELBO, TraceELBO), strict=True))
     if name not in kinds:
-        raise ValueError(f"loss: unknown estimator {name!r}; use 'fused', 'compiled' or 'trace'")
+        raise ConfigError(f"loss: unknown estimator {name!r}; use 'fused', 'compiled' or 'trace'")
     return kinds[name]()

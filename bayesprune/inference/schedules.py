@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from bayesprune.errors import ConfigError
+
 
 def make_schedule(
     optimizer: torch.optim.Optimizer, name: str | None, total_steps: int
@@ -28,4 +30,4 @@ def make_schedule(
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, t) / t))
         )
-    raise ValueError(f"unknown schedule {name!r}; use None, 'constant' or 'cosine'")
+    raise ConfigError(f"unknown schedule {name!r}; use None, 'constant' or 'cosine'")

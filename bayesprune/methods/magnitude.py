@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from bayesprune.errors import ConfigError
 from bayesprune.nn.selection import LayerSelector, select_layers
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES
 from bayesprune.priors.weight_masks import top_magnitude_masks
@@ -30,9 +31,9 @@ def magnitude_keep(
     :param scope: ``"global"`` (one threshold over all layers) or ``"layer"``.
     """
     if not (0 < keep <= 1):
-        raise ValueError(f"magnitude_keep: keep must be in (0, 1], got {keep!r}")
+        raise ConfigError(f"magnitude_keep: keep must be in (0, 1], got {keep!r}")
     if scope not in ("global", "layer"):
-        raise ValueError(f"magnitude_keep: scope must be 'global' or 'layer', got {scope!r}")
+        raise ConfigError(f"magnitude_keep: scope must be 'global' or 'layer', got {scope!r}")
     names = select_layers(module, layers, default=DEFAULT_LAYER_TYPES)
     weights = {n: module.get_submodule(n).weight for n in names}
     if scope == "global":

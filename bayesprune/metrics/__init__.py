@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesprune.errors import ConfigError
 from bayesprune.metrics.flops import _as_args, count_flops
 from bayesprune.metrics.latency import compare_latency, measure_latency, paired_latency
 from bayesprune.metrics.params import count_parameters, format_table, layer_table
@@ -97,7 +98,7 @@ def summarize(
 def _batch_of(example_input: Any, batch_size: int) -> Any:
     """Cycle the examples of every tensor argument along dim 0 to ``batch_size`` rows."""
     if batch_size < 1:
-        raise ValueError(f"latency batch sizes must be >= 1, got {batch_size}")
+        raise ConfigError(f"latency batch sizes must be >= 1, got {batch_size}")
 
     def resize(x: Any) -> Any:
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] == 0:

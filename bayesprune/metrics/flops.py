@@ -57,6 +57,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bayesprune.errors import ConfigError, UnsupportedError
+
 __all__ = ["count_flops"]
 
 logger = logging.getLogger(__name__)
@@ -99,12 +101,12 @@ def count_flops(
     900
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"count_flops expects an nn.Module, got {type(module).__name__}")
+        raise UnsupportedError(f"count_flops expects an nn.Module, got {type(module).__name__}")
     args = _as_args(example_input)
     if batch_size is None:
         batch_size = _infer_batch_size(args)
     if batch_size < 1:
-        raise ValueError(f"count_flops: batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"count_flops: batch_size must be >= 1, got {batch_size}")
 
     names = {m: name for name, m in module.named_modules()}
     totals: dict[nn.Module, list[int]] = {}  # module -> [calls, macs, sparse_macs], whole batch
@@ -225,9 +227,11 @@ def _infer_batch_size(args: tuple[Any, ...]) -> int:
     for a in args:
         if isinstance(a, torch.Tensor):
             if a.dim() == 0:
-                raise ValueError("cannot infer the batch size from a 0-d tensor; pass batch_size=")
+                raise ConfigError("cannot infer the batch size from a 0-d tensor; pass batch_size=")
             return int(a.shape[0])
-    raise ValueError("example_input holds no tensor to infer the batch size from; pass batch_size=")
+    raise ConfigError(
+        "example_input holds no tensor to infer the batch size from; pass batch_size="
+    )
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
+from bayesprune.errors import ConfigError
 from bayesprune.metrics.flops import _as_args, _eval_mode, _infer_batch_size
 
 __all__ = ["compare_latency", "measure_latency"]
@@ -263,11 +264,11 @@ def _stats(
 
 def _check_counts(repeats: int, warmup: int, min_time: float) -> None:
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
+        raise ConfigError(f"warmup must be >= 0, got {warmup}")
     if min_time < 0:
-        raise ValueError(f"min_time must be >= 0, got {min_time}")
+        raise ConfigError(f"min_time must be >= 0, got {min_time}")
 
 
 def _resolve_device(
@@ -329,7 +330,7 @@ class _threads:
 
     def __init__(self, threads: int | None) -> None:
         if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise ConfigError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self.previous = torch.get_num_threads()
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesprune.errors import UnsupportedError
 from bayesprune.metrics.flops import count_flops
 
 __all__ = ["count_parameters", "format_table", "layer_table"]
@@ -47,7 +48,9 @@ def count_parameters(module: nn.Module) -> dict[str, Any]:
     (224, {'weight': [8, 3, 3, 3], 'bias': [8]})
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"count_parameters expects an nn.Module, got {type(module).__name__}")
+        raise UnsupportedError(
+            f"count_parameters expects an nn.Module, got {type(module).__name__}"
+        )
     modules = dict(module.named_modules())
     owned: dict[str, dict[str, torch.Tensor]] = {}
     # named_parameters() yields every tensor once (tied ones under their first name).

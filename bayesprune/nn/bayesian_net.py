@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.nn.likelihoods import Categorical, Likelihood
 from bayesprune.nn.param_store import expose
 from bayesprune.sites import Context, Site
@@ -77,7 +78,7 @@ class BayesianNet(nn.Module):
         self._gate_targets: dict[str, str] | None = None
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
-            raise ValueError(f"{type(prior).__name__}: duplicate site names {names}")
+            raise ConfigError(f"{type(prior).__name__}: duplicate site names {names}")
 
     # --- facts ------------------------------------------------------------------------
     @property

@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bayesprune.errors import ConfigError, DataError
+
 
 def check_batch(batch: int, n_data: int) -> None:
     """A mini-batch stands for ``n_data`` examples, so it cannot be larger."""
     if int(n_data) < batch:
-        raise ValueError(
+        raise ConfigError(
             f"n_data={n_data} is smaller than the mini-batch ({batch}); n_data is the "
             "training-set size the batch is scaled up to"
         )
@@ -74,13 +76,13 @@ class Categorical(Likelihood):
 
     def check_targets(self, y: Tensor, output_dim: int | None = None) -> None:  # noqa: B027 (optional hook)
         if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(
+            raise DataError(
                 f"Categorical likelihood: targets must be integer labels, got {y.dtype}"
             )
         if y.numel() and int(y.min()) < 0:
-            raise ValueError("Categorical likelihood: targets must be >= 0")
+            raise DataError("Categorical likelihood: targets must be >= 0")
         if output_dim is not None and y.numel() and int(y.max()) >= output_dim:
-            raise ValueError(
+            raise DataError(
                 f"Categorical likelihood: target label {int(y.max())} but the network has "
                 f"only {output_dim} outputs"
             )
@@ -98,7 +100,7 @@ class Gaussian(Likelihood):
         if isinstance(scale, bool) or not (
             isinstance(scale, (int, float)) and 0 < scale < math.inf
         ):
-            raise ValueError(f"Gaussian likelihood: scale must be > 0, got {scale!r}")
+            raise ConfigError(f"Gaussian likelihood: scale must be > 0, got {scale!r}")
         self.scale = float(scale)
 
     def distribution(self, output: Tensor) -> dist.Distribution:
@@ -122,8 +124,8 @@ def likelihood_from_config(config: dict[str, Any] | str) -> Likelihood:
     name = cfg.pop("name", None)
     kinds = {"categorical": Categorical, "gaussian": Gaussian}
     if name not in kinds:
-        raise ValueError(f"likelihood: unknown name {name!r}; known: {sorted(kinds)}")
+        raise ConfigError(f"likelihood: unknown name {name!r}; known: {sorted(kinds)}")
     try:
         return kinds[name](**cfg)
     except TypeError as e:
-        raise ValueError(f"likelihood {name!r}: bad options {sorted(cfg)}: {e}") from None
+        raise ConfigError(f"likelihood {name!r}: bad options {sorted(cfg)}: {e}") from None

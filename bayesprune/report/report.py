@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.export.safetensors_io import atomic_write_bytes
 from bayesprune.metrics import paired_latency, summarize
 from bayesprune.nn.bayesian_net import BayesianNet
@@ -50,7 +51,9 @@ def original_network(net: BayesianNet, original: nn.Module | None = None) -> nn.
     """
     if original is not None:
         if not isinstance(original, nn.Module):
-            raise TypeError(f"report: original must be an nn.Module, got {type(original).__name__}")
+            raise UnsupportedError(
+                f"report: original must be an nn.Module, got {type(original).__name__}"
+            )
         return original
     if unit_origin(net) is None:
         return net.module
@@ -60,7 +63,7 @@ def original_network(net: BayesianNet, original: nn.Module | None = None) -> nn.
 
         with torch.random.fork_rng(devices=[]):
             return from_config(dict(config)).to(net.device)
-    raise ValueError(
+    raise ConfigError(
         "report: units were removed from the network during fit(remove_dead=True), so "
         "net.module is no longer the original architecture, and it has no zoo 'config' to "
         "rebuild it from; pass original=<the network as built, before fitting>"
@@ -317,13 +320,13 @@ def report(
     :raises ValueError: for a missing guide, example input or original network.
     """
     if not isinstance(net, BayesianNet):
-        raise TypeError(f"report: net must be a BayesianNet, got {type(net).__name__}")
+        raise UnsupportedError(f"report: net must be a BayesianNet, got {type(net).__name__}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if extracted is None and keep is None:
         guide = getattr(result, "guide", None)
         if guide is None:
-            raise ValueError(
+            raise ConfigError(
                 "report: pass result (a FitResult with its guide), keep= or extracted="
             )
         keep = collapse(net, guide)
@@ -331,7 +334,7 @@ def report(
         extracted = extract(net, keep)
     example = example_input if example_input is not None else net.example_input
     if example is None:
-        raise ValueError("report: no example input; pass example_input= (one batch of inputs)")
+        raise ConfigError("report: no example input; pass example_input= (one batch of inputs)")
     before_net = original_network(net, original)
     was = before_net.training, extracted.training
     before_net.eval()
@@ -368,7 +371,7 @@ def report(
     if data is not None:
         guide = getattr(result, "guide", None)
         if guide is None or keep is None:
-            raise ValueError("report: data= needs result (with its guide) and keep-sets")
+            raise ConfigError("report: data= needs result (with its guide) and keep-sets")
         content.numbers += forecast_rows(net, guide, keep, extracted, data, forecast_samples)
     content.settings = setting_rows(attrs)
     content.notes += explanations(attrs)

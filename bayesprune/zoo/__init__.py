@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.zoo.lenet import LeNet5Caffe, LeNet300100
 from bayesprune.zoo.resnet_cifar import ResNetCIFAR, resnet20, resnet32, resnet44, resnet56
 
@@ -61,11 +62,11 @@ def register(name: str, builder: Callable[..., nn.Module], *, overwrite: bool = 
     >>> del REGISTRY["tiny-mlp"]
     """
     if name.startswith(TORCHVISION_PREFIX):
-        raise ValueError(f"register: names starting with {TORCHVISION_PREFIX!r} are reserved")
+        raise ConfigError(f"register: names starting with {TORCHVISION_PREFIX!r} are reserved")
     if not callable(builder):
-        raise TypeError(f"register({name!r}): builder must be callable, got {builder!r}")
+        raise UnsupportedError(f"register({name!r}): builder must be callable, got {builder!r}")
     if name in REGISTRY and not overwrite:
-        raise ValueError(f"register: {name!r} is already registered; pass overwrite=True")
+        raise ConfigError(f"register: {name!r} is already registered; pass overwrite=True")
     REGISTRY[name] = builder
 
 
@@ -78,14 +79,14 @@ def _build_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
     tv_name = name[len(TORCHVISION_PREFIX) :]
     if kwargs.get("weights") is not None:
-        raise ValueError(
+        raise ConfigError(
             f"build({name!r}): pretrained weights are never downloaded here; "
             "build with weights=None and load a state dict yourself"
         )
     kwargs = {k: v for k, v in kwargs.items() if k != "weights"}
     known = torchvision.models.list_models()
     if tv_name not in known:
-        raise ValueError(
+        raise ConfigError(
             f"unknown torchvision model {tv_name!r}; torchvision has: {', '.join(sorted(known))}"
         )
     return torchvision.models.get_model(tv_name, weights=None, **kwargs)
@@ -110,7 +111,7 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     elif name in REGISTRY:
         model = REGISTRY[name](**kwargs)
     else:
-        raise ValueError(f"unknown network {name!r}; known: {_known()}")
+        raise ConfigError(f"unknown network {name!r}; known: {_known()}")
     config = getattr(model, "config", None)
     if isinstance(config, dict):
         config["name"] = name
@@ -134,6 +135,6 @@ def from_config(config: Mapping[str, Any]) -> nn.Module:
     75
     """
     if "name" not in config:
-        raise ValueError(f"from_config: config has no 'name' key: {dict(config)!r}")
+        raise ConfigError(f"from_config: config has no 'name' key: {dict(config)!r}")
     kwargs = {k: v for k, v in config.items() if k != "name"}
     return build(str(config["name"]), **kwargs)

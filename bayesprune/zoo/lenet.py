@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayesprune.errors import ConfigError
+
 __all__ = ["LeNet300100", "LeNet5Caffe"]
 
 
@@ -29,7 +31,7 @@ def _scaled(base: int, width: float) -> int:
 def _check_positive(cls: str, **values: float) -> None:
     for name, value in values.items():
         if not value > 0:
-            raise ValueError(f"{cls}: {name} must be positive, got {value}")
+            raise ConfigError(f"{cls}: {name} must be positive, got {value}")
 
 
 def _sizes(cls: str, name: str, given: Sequence[int] | None, default: list[int]) -> list[int]:
@@ -37,7 +39,7 @@ def _sizes(cls: str, name: str, given: Sequence[int] | None, default: list[int])
         return default
     sizes = [int(s) for s in given]
     if len(sizes) != len(default) or any(s < 1 for s in sizes):
-        raise ValueError(
+        raise ConfigError(
             f"{cls}: {name} must be {len(default)} positive integers, got {list(given)}"
         )
     return sizes
@@ -128,7 +130,7 @@ class LeNet5Caffe(nn.Module):
         _check_positive("LeNet5Caffe", in_channels=in_channels, n_classes=n_classes, width=width)
         side = ((input_size - 4) // 2 - 4) // 2
         if side < 1:
-            raise ValueError(f"LeNet5Caffe: input_size must be at least 16, got {input_size}")
+            raise ConfigError(f"LeNet5Caffe: input_size must be at least 16, got {input_size}")
         c1, c2, f1 = _sizes(
             "LeNet5Caffe",
             "channels",

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bayesprune.blocks import Shortcut, register_block
+from bayesprune.errors import ConfigError
 
 __all__ = ["BasicBlock", "ResNetCIFAR", "resnet20", "resnet32", "resnet44", "resnet56"]
 
@@ -38,7 +39,7 @@ def _scaled(base: int, width: float) -> int:
 
 def _positive_int(cls: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{cls}: {name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{cls}: {name} must be a positive integer, got {value!r}")
     return value
 
 
@@ -110,14 +111,14 @@ class ResNetCIFAR(nn.Module):
         super().__init__()
         depth = _positive_int("ResNetCIFAR", "depth", depth)
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(
+            raise ConfigError(
                 f"ResNetCIFAR: depth must be 6n + 2 (20, 32, 44, 56, ...), got {depth}"
             )
         in_channels = _positive_int("ResNetCIFAR", "in_channels", in_channels)
         n_classes = _positive_int("ResNetCIFAR", "n_classes", n_classes)
         input_size = _positive_int("ResNetCIFAR", "input_size", input_size)
         if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-            raise ValueError(f"ResNetCIFAR: width must be a number > 0, got {width!r}")
+            raise ConfigError(f"ResNetCIFAR: width must be a number > 0, got {width!r}")
         n = (depth - 2) // 6
         self.config: dict[str, Any] = {
             "name": "resnet-cifar",
@@ -160,7 +161,7 @@ class ResNetCIFAR(nn.Module):
 
 def _at_depth(depth: int, kwargs: dict[str, Any]) -> ResNetCIFAR:
     if kwargs.setdefault("depth", depth) != depth:
-        raise ValueError(f"resnet{depth}: depth is {depth}, got depth={kwargs['depth']!r}")
+        raise ConfigError(f"resnet{depth}: depth is {depth}, got depth={kwargs['depth']!r}")
     return ResNetCIFAR(**kwargs)
 
 
