@@ -3,7 +3,7 @@
 >>> check_fit_arguments(epochs=2, batch_size=0, lr=1e-3)
 Traceback (most recent call last):
 ...
-ValueError: fit: batch_size must be a positive integer, got 0
+bayesprune.errors.ConfigError: fit: batch_size must be a positive integer, got 0
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bayesprune.errors import ConfigError
+
 
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"fit: {name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"fit: {name} must be a positive integer, got {value!r}")
 
 
 def _positive_number(name: str, value: Any) -> None:
     if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
-        raise ValueError(f"fit: {name} must be a finite number > 0, got {value!r}")
+        raise ConfigError(f"fit: {name} must be a finite number > 0, got {value!r}")
 
 
 def check_fit_arguments(
@@ -35,9 +37,9 @@ def check_fit_arguments(
     remove_dead: Any = False,
     n_data: Any = None,
 ) -> None:
-    """Raise ``ValueError`` naming the first invalid argument."""
+    """Raise :class:`~bayesprune.errors.ConfigError` (a ``ValueError``) naming the first invalid argument."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
+        raise ConfigError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
     _positive_int("batch_size", batch_size)
     _positive_number("lr", lr)
     for role, v in (role_lr or {}).items():
@@ -48,6 +50,6 @@ def check_fit_arguments(
     if n_data is not None:
         _positive_int("n_data", n_data)
     if resume and checkpoint is None:
-        raise ValueError("fit: resume=True needs checkpoint=<folder>")
+        raise ConfigError("fit: resume=True needs checkpoint=<folder>")
     if not isinstance(remove_dead, bool):
-        raise ValueError(f"fit: remove_dead must be True or False, got {remove_dead!r}")
+        raise ConfigError(f"fit: remove_dead must be True or False, got {remove_dead!r}")

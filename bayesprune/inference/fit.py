@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from bayesprune.data.batches import TensorBatches
+from bayesprune.errors import ConfigError
 from bayesprune.guides import default_guide
 from bayesprune.guides.base import Guide
 from bayesprune.inference import resume as checkpoints
@@ -42,8 +43,9 @@ from bayesprune.inference.loop import Loop, Settings
 from bayesprune.inference.losses import loss_from_name
 from bayesprune.inference.optimizer import make_optimizer, trained_tensors
 from bayesprune.inference.preflight import check_network, training_source, validation_data
-from bayesprune.inference.progress import NonFiniteLossError
+from bayesprune.inference.progress import NonFiniteLossError, objective_label
 from bayesprune.inference.result import FitResult
+from bayesprune.inference.resume import check_override
 from bayesprune.inference.schedules import make_schedule
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.unit_origin import removed_units
@@ -77,6 +79,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    resume_override: Sequence[str] = (),
     progress: bool = True,
     log_every: int = 50,
     validate: bool = True,
@@ -90,11 +93,15 @@ def fit(
         batched by index slices: the fast path), or a ``torch.utils.data.DataLoader`` (or any
         re-iterable of ``(x, y)`` batches: augmentation, data that does not fit in memory).
     :param guide: the variational family; default ``prior.default_guide``.
-    :param epochs: total number of epochs (a resumed fit runs up to this many).
+    :param epochs: total number of epochs: a resumed fit runs up to this many, so
+        ``fit(..., epochs=E2, resume=True)`` continues a fit checkpointed at epoch ``E < E2``
+        (and does nothing when ``E >= E2``). ``epochs=0`` is a logged no-op: the arguments,
+        data and network are checked and the untrained result is returned (empty history).
     :param device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (default: where the net already
-        is). The net and guide are moved there (``net.module`` is moved in place), and so are
-        in-memory tensors once and loader batches as they come. Under ``torchrun``,
-        ``"cuda"`` means the process's ``LOCAL_RANK`` GPU.
+        is). The net and guide are moved there -- ``net.module`` **in place**: the caller's
+        module lives on ``device`` after the fit -- and so are in-memory tensors once and
+        loader batches as they come. Under ``torchrun``, ``"cuda"`` means the process's
+        ``LOCAL_RANK`` GPU.
     :param batch_size: mini-batch size for in-memory tensors -- the *global* batch under
         data parallelism (each of N processes takes ``batch_size / N`` of it). A loader's own
         ``batch_size`` is per process, as in PyTorch. The likelihood is scaled by
@@ -107,6 +114,11 @@ def fit(
     :param role_lr: learning rates for guide parameters by site role, e.g.
         ``{"scale": 1e-2}`` for HALO's shrinkage scales (default: ``lr`` for all).
     :param optimizer: ``"adam"`` (default), ``"adamw"`` or ``"sgd"`` (momentum 0.9).
+    :param weight_decay: the optimizer's weight decay, on network weights only: the guide's
+        location of every ``weight`` site and the network's deterministic parameters; never
+        on gate probabilities θ, shrinkage scales λ, jackpot scores or a mean-field guide's
+        standard deviations (an L2 penalty there would be a prior the model does not
+        declare). See :mod:`bayesprune.inference.optimizer`.
     :param schedule: ``None`` or ``"cosine"`` (per step, to zero at the end; needs a loader
         with a length).
     :param loss: ``"fused"`` (default, faster: Pyro's Trace_ELBO loss and gradients on the
@@ -116,9 +128,12 @@ def fit(
         ``"compiled"`` (the fused loss through ``torch.compile``: equal to it on the same
         seed; about 10 s of compiling, so it pays only for long MAP fits, see
         :class:`~bayesprune.inference.losses.CompiledELBO`).
-    :param seed: seeds the data order (a pure function of ``(seed, epoch)``) and the global
-        torch RNG the guide draws from (``torch.manual_seed``; process ``r`` of a
-        data-parallel fit uses ``seed + 104729 r``).
+    :param seed: seeds the data order (a pure function of ``(seed, epoch)``) and the torch
+        RNG the guide draws from (process ``r`` of a data-parallel fit uses
+        ``seed + 104729 r``). The fit runs under ``torch.random.fork_rng``: it seeds and
+        draws from torch's global RNG (so dropout, transforms and loaders inside the fit
+        draw from the fit's stream), and the caller's global RNG state (CPU, and the fit's
+        CUDA device) is restored when ``fit`` returns or raises.
     :param callbacks: objects with ``on_fit_start / on_epoch_start / on_step_end /
         on_epoch_end`` (:mod:`bayesprune.inference.callbacks`); the prior's own
         (``prior.fit_callbacks()``) run first.
@@ -128,9 +143,21 @@ def fit(
         draws) for in-memory tensors, and for loaders whose order is drawn from torch's RNG
         (``shuffle=True``, a seeded ``generator=``, or a ``DistributedSampler``) and whose
         randomness is drawn from torch's RNG (torchvision transforms). The batches of the
-        interrupted epoch before the checkpoint are loaded again and skipped.
+        interrupted epoch before the checkpoint are loaded again and skipped. The checkpoint
+        must have been written with the same ``batch_size``, ``seed``, ``lr``, ``role_lr``,
+        ``optimizer``, ``weight_decay``, ``schedule`` (and, for a cosine one, its length),
+        training-set size and number of processes; a difference raises
+        :class:`~bayesprune.errors.CheckpointError` naming each field with both values
+        (:mod:`bayesprune.inference.resume`).
+    :param resume_override: settings named here may differ from the checkpoint's, e.g.
+        ``("lr",)`` or ``("schedule",)`` to lengthen a cosine fit; this call's values are
+        used from the resume on (the fit is then not the uninterrupted one).
     :param progress: show a tqdm bar (process 0 only).
-    :param log_every: steps between host syncs (ELBO trace, NaN guard, bar update).
+    :param log_every: steps between host syncs (ELBO trace, NaN guard, bar update). The bar
+        and the epoch lines call the per-example loss ``-elbo/n`` (negative ELBO) when the
+        guide spreads over some site, and ``-log p/n`` (negative log joint density at the
+        guide's point, not an ELBO) when every site is a point mass, e.g. a MAP guide
+        without gates; ``history[i]["loss"]`` and ``FitResult.elbo`` hold it either way.
     :param validate: score the validation data after every epoch.
     :param remove_dead: at the end of every epoch, physically remove the units whose gate
         probability θ is exactly 0 (:class:`~bayesprune.pruning.RemoveDeadUnits`;
@@ -170,6 +197,9 @@ def fit(
     """
     if not isinstance(net, BayesianNet):
         raise TypeError(f"fit: net must be a BayesianNet (use sparsify), got {type(net).__name__}")
+    override = check_override(resume_override)
+    if override and not resume:
+        raise ConfigError("fit: resume_override is only meaningful with resume=True")
     check_fit_arguments(
         epochs=epochs,
         batch_size=batch_size,
@@ -186,8 +216,70 @@ def fit(
     if remove_dead:
         callbacks.insert(0, fit_option("remove_dead"))
     loss_fn = loss_from_name(loss)
-
     dev = resolve_device(device, net.device)
+    # the caller's RNG state comes back after the fit (it seeds and draws from its own)
+    with torch.random.fork_rng(devices=_cuda_devices(dev)):
+        return _fit(
+            net,
+            data,
+            guide,
+            dev=dev,
+            epochs=epochs,
+            batch_size=batch_size,
+            val=val,
+            n_data=n_data,
+            lr=lr,
+            role_lr=role_lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            loss_fn=loss_fn,
+            seed=seed,
+            callbacks=callbacks,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            override=override,
+            progress=progress,
+            log_every=log_every,
+            validate=validate,
+        )
+
+
+def _cuda_devices(dev: torch.device) -> list[int]:
+    """The CUDA device whose RNG ``fit`` forks (none for a CPU fit)."""
+    if dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]
+
+
+def _fit(
+    net: BayesianNet,
+    data: Any,
+    guide: Guide | None,
+    *,
+    dev: torch.device,
+    epochs: int,
+    batch_size: int,
+    val: Any,
+    n_data: int | None,
+    lr: float,
+    role_lr: dict[str, float] | None,
+    optimizer: str,
+    weight_decay: float,
+    schedule: str | None,
+    loss_fn: Any,
+    seed: int,
+    callbacks: list[Any],
+    checkpoint: str | os.PathLike | None,
+    checkpoint_every: int | None,
+    resume: bool,
+    override: tuple[str, ...],
+    progress: bool,
+    log_every: int,
+    validate: bool,
+) -> FitResult:
+    """:func:`fit` after its arguments are checked, under its own RNG."""
     replicas = Replicas.from_environment(dev)
     source = training_source(
         data, batch_size=batch_size, device=dev, replicas=replicas, n_data=n_data
@@ -210,6 +302,18 @@ def fit(
     )
     state.val, state.loss_fn = val, loss_fn
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
+    guarded = checkpoints.guarded_settings(
+        batch_size=_batch_size(source, batch_size),
+        seed=seed,
+        lr=lr,
+        role_lr=role_lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        schedule_steps=_schedule_steps(epochs, source),
+        n_data=source.n_data,
+        world=replicas.world,
+    )
     settings = Settings(
         epochs=epochs,
         seed=seed,
@@ -221,16 +325,32 @@ def fit(
         signature=checkpoints.signature(net, guide),
         progress=progress and replicas.main,
         val=val,
+        loss_label=objective_label(guide),
+        guarded=guarded,
     )
     resumed_sum: Tensor | None = None  # the loss summed over the resumed epoch's earlier steps
     if resume:
         assert ckpt_dir is not None
-        resumed_sum = checkpoints.restore(state, ckpt_dir, settings.signature, dev)
+        resumed_sum = checkpoints.restore(
+            state, ckpt_dir, settings.signature, dev, guarded=guarded, override=override
+        )
         log.info("resumed from %s at epoch %d step %d", ckpt_dir, state.epoch, state.step_in_epoch)
+        if state.epoch >= epochs:
+            log.info(
+                "fit: the checkpoint is at epoch %d and epochs=%d: nothing left to train "
+                "(pass a larger epochs to continue)",
+                state.epoch,
+                epochs,
+            )
     else:
         torch.manual_seed(seed + RANK_SEED_STRIDE * replicas.rank)
         # every process starts from process 0's values, as DistributedDataParallel does
         replicas.broadcast([*trained_tensors(state.optimizer), *net.module.buffers()])
+        if epochs == 0:
+            log.info(
+                "fit: epochs=0: nothing trained; the data and network were checked and the "
+                "untrained result is returned"
+            )
 
     call(callbacks, "on_fit_start", state)
     loop = Loop(state, source, settings, callbacks)
@@ -286,7 +406,7 @@ def _initial_state(
             f"fit: schedule={schedule!r} needs the number of batches per epoch, and this "
             "loader has no len()"
         )
-    steps = epochs * (source.length or 1)
+    steps = _schedule_steps(epochs, source)
     return FitState(
         net=net,
         guide=guide,
@@ -296,3 +416,17 @@ def _initial_state(
         scheduler=make_schedule(opt, schedule, steps),
         replicas=replicas,
     )
+
+
+def _schedule_steps(epochs: int, source: Any) -> int:
+    """The steps a schedule spans: every step of every epoch."""
+    return epochs * (source.length or 1)
+
+
+def _batch_size(source: Any, batch_size: int) -> int | None:
+    """The batch a resume must match: ``batch_size`` for in-memory tensors (the global
+    batch), a loader's own ``batch_size`` (per process; ``None`` when it has none)."""
+    if isinstance(source, TensorBatches):
+        return batch_size
+    size = getattr(getattr(source, "loader", None), "batch_size", None)
+    return size if isinstance(size, int) else None

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from bayesprune.inference.callbacks import FitState, call
 from bayesprune.inference.evaluate import evaluate
 from bayesprune.inference.optimizer import trained_tensors
 from bayesprune.inference.progress import (
+    NEG_ELBO,
     NonFiniteLossError,
     format_record,
     guard,
@@ -57,6 +58,10 @@ class Settings:
     signature: str
     progress: bool
     val: Any  # a Split, a pair or a loader; None: no validation
+    #: what the loss is called in the bar and the epoch lines (progress.objective_label)
+    loss_label: str = NEG_ELBO
+    #: the settings a resume must match (resume.guarded_settings), stored in checkpoints
+    guarded: dict[str, Any] = field(default_factory=dict)
 
 
 class Loop:
@@ -161,7 +166,7 @@ class Loop:
         guard(mean, state.epoch, state.step_in_epoch, self.cfg.checkpoint)
         state.elbo.append(mean)
         state.elbo_steps.append(state.global_step)
-        bar.set_postfix(postfix(mean, state.history), refresh=False)
+        bar.set_postfix(postfix(mean, state.history, self.cfg.loss_label), refresh=False)
 
     def end_epoch(self, epoch_sum: Tensor) -> bool:
         """Record the epoch (validation, kept fraction, units alive), run the callbacks,
@@ -192,7 +197,7 @@ class Loop:
         state.history.append(record)
         log.info("epoch %s", record)
         if cfg.progress and state.replicas.main:
-            tqdm.write(format_record(record, cfg.epochs))
+            tqdm.write(format_record(record, cfg.epochs, cfg.loss_label))
         state.epoch += 1
         state.step_in_epoch = 0
         stop = call(self.callbacks, "on_epoch_end", state)
@@ -203,7 +208,9 @@ class Loop:
     def save(self, epoch_sum: Tensor | None) -> None:
         cfg = self.cfg
         assert cfg.checkpoint is not None
-        path = resume.save(self.state, cfg.checkpoint, cfg.signature, cfg.device, epoch_sum)
+        path = resume.save(
+            self.state, cfg.checkpoint, cfg.signature, cfg.device, epoch_sum, cfg.guarded
+        )
         if path is not None:
             self.checkpoint_path = path
 

@@ -18,9 +18,12 @@ class FitResult:
 
     :ivar net: the model (its deterministic parameters were trained in place).
     :ivar guide: the fitted guide (the posterior).
-    :ivar elbo: per-example negative ELBO, one value every ``log_every`` steps.
+    :ivar elbo: per-example negative ELBO, one value every ``log_every`` steps; when every
+        site of the guide is a point mass (MAP without gates) it is the negative log joint
+        density at that point (shown as ``-log p/n``), not an ELBO.
     :ivar elbo_steps: the global step of each ``elbo`` value.
-    :ivar history: one dict per epoch: ``epoch``, ``loss`` (mean per-example -ELBO),
+    :ivar history: one dict per epoch: ``epoch``, ``loss`` (mean per-example -ELBO, or
+        -log joint for a point-mass guide, as ``elbo``),
         ``seconds``, ``lr`` (learning rate per parameter role at the epoch's end), validation
         metrics, ``kept`` fraction and anything callbacks add.
     :ivar checkpoint: path of the last checkpoint written, if any.

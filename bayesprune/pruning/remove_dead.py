@@ -34,6 +34,19 @@ class RemoveDeadUnits:
     layer whose every gate is at 0 keeps one (closed) unit, so the network stays
     connected. Priors without unit gates (HALO, block gates): nothing happens.
 
+    Removal changes the optimisation, not only its speed. Under the fused loss's
+    straight-through estimator (:mod:`bayesprune.inference.losses`) a gate at θ = 0 still
+    gets a gradient (``∂z/∂θ = 1``, though its draw is always 0), so without removal a
+    step could push it back above 0 and its unit would return; once removed, it never
+    can. A fit with ``remove_dead=True`` is therefore not the same fit, faster -- it is
+    what the method's paper does (units whose gate reached 0 are cut during training).
+    ``benchmarks/reopened_gates.py`` counts how often closed gates reopen without
+    removal: never, in 3 epochs of LeNet-300-100 and LeNet-5 on Fashion-MNIST at two
+    prices. There each gate multiplies a layer's output before a ReLU, and torch's
+    ``relu'(0) = 0`` makes a closed gate's likelihood slope exactly 0, so only its price
+    acts and holds it at 0; with GELU a closed gate is sometimes pushed up, but Adam's
+    momentum kept every one closed in the measured fits (``benchmarks/README.md``).
+
     Each epoch's history record gets ``removed``: ``{layer: units removed}``;
     ``units`` (units alive per layer) is recorded by the loop, and what was removed so
     far (original indexing) by :func:`~bayesprune.nn.unit_origin.removed_units`, which
