@@ -21,6 +21,7 @@ from torch import Tensor
 
 from bayesprune.data.batches import LoaderBatches, is_loader
 from bayesprune.data.dataset import Split
+from bayesprune.errors import DataError
 from bayesprune.guides.base import Guide
 from bayesprune.inference.distributed import Replicas
 from bayesprune.nn.bayesian_net import BayesianNet
@@ -69,7 +70,7 @@ def evaluate(
         sums = replicas.mean(sums) * replicas.world
     n, hits, nll = sums.tolist()
     if n == 0:
-        raise ValueError("evaluate: no examples to score")
+        raise DataError("evaluate: no examples to score")
     if classify:
         return {"accuracy": hits / n, "nll": nll / n}
     return {"rmse": (hits / n) ** 0.5, "nll": nll / n}

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from bayesprune.data.batches import TensorBatches
-from bayesprune.errors import ConfigError
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.guides import default_guide
 from bayesprune.guides.base import Guide
 from bayesprune.inference import resume as checkpoints
@@ -196,7 +196,9 @@ def fit(
     ['epoch', 'kept', 'loss']
     """
     if not isinstance(net, BayesianNet):
-        raise TypeError(f"fit: net must be a BayesianNet (use sparsify), got {type(net).__name__}")
+        raise UnsupportedError(
+            f"fit: net must be a BayesianNet (use sparsify), got {type(net).__name__}"
+        )
     override = check_override(resume_override)
     if override and not resume:
         raise ConfigError("fit: resume_override is only meaningful with resume=True")
@@ -402,7 +404,7 @@ def _initial_state(
 
     opt = new_optimizer()
     if schedule not in (None, "constant") and source.length is None:
-        raise ValueError(
+        raise ConfigError(
             f"fit: schedule={schedule!r} needs the number of batches per epoch, and this "
             "loader has no len()"
         )

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 
@@ -49,7 +50,7 @@ def make_optimizer(
     """An optimizer over every trained tensor of ``guide`` and ``net``, grouped by role;
     ``weight_decay`` on the network weights only (see the module docstring)."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"fit: unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
+        raise ConfigError(f"fit: unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
     role_lr = role_lr or {}
     spreads = _spreads(guide) if weight_decay else set()
     groups: list[dict[str, Any]] = []
@@ -70,7 +71,7 @@ def make_optimizer(
     rest += [p for _, p in net.deterministic_parameters() if p.requires_grad]
     add("deterministic", rest, lr, True)
     if not groups:
-        raise ValueError(
+        raise ConfigError(
             "fit: nothing to train: the guide has no parameters and every parameter of the "
             "network has requires_grad=False"
         )

@@ -51,6 +51,7 @@ from pyro.distributions import Delta
 from torch import Tensor
 from torch.distributions import Independent, Normal
 
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.guides.base import Guide, check_pair
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.priors.gaussian import Gaussian
@@ -66,17 +67,17 @@ def _check_args(delta: float | None, num_samples: int, seed: int) -> None:
         or not isinstance(delta, numbers.Real)
         or not (0 <= float(delta) < math.inf)
     ):
-        raise ValueError(f"inclusion_probs: delta must be a finite number >= 0, got {delta!r}")
+        raise ConfigError(f"inclusion_probs: delta must be a finite number >= 0, got {delta!r}")
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
-        raise ValueError(
+        raise ConfigError(
             f"inclusion_probs: num_samples must be an integer >= 1, got {num_samples!r}"
         )
     if num_samples < 1:
-        raise ValueError(
+        raise ConfigError(
             f"inclusion_probs: num_samples must be an integer >= 1, got {num_samples!r}"
         )
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"inclusion_probs: seed must be an integer, got {seed!r}")
+        raise ConfigError(f"inclusion_probs: seed must be an integer, got {seed!r}")
 
 
 def _per(net: BayesianNet, layer: str) -> str:
@@ -86,7 +87,7 @@ def _per(net: BayesianNet, layer: str) -> str:
         return prior.per
     if isinstance(prior, Gaussian):
         return "weight"
-    raise TypeError(
+    raise UnsupportedError(
         f"inclusion_probs: no inclusion probability is defined for layer {layer!r} under the "
         f"prior {type(prior).__name__}; defined for gate priors (UnitGates, BlockGates), HALO "
         "and Gaussian"
@@ -97,7 +98,7 @@ def _weight_site(sites: list[Site], layer: str) -> Site:
     for s in sites:
         if s.role == "weight":
             return s
-    raise TypeError(f"inclusion_probs: layer {layer!r} has neither a gate nor a weight site")
+    raise UnsupportedError(f"inclusion_probs: layer {layer!r} has neither a gate nor a weight site")
 
 
 def _weight_q(guide: Guide, site: Site) -> tuple[str, Tensor, Tensor | None]:
@@ -109,7 +110,7 @@ def _weight_q(guide: Guide, site: Site) -> tuple[str, Tensor, Tensor | None]:
         return "normal", d.loc.detach(), d.scale.detach()
     if isinstance(d, Delta):
         return "map-indicator", d.v.detach(), None
-    raise TypeError(
+    raise UnsupportedError(
         f"inclusion_probs: the guide {type(guide).__name__} gives site {site.name!r} a "
         f"{type(d).__name__}; inclusion probabilities need a Normal (mean-field) or a Delta (MAP)"
     )

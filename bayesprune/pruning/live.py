@@ -70,6 +70,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch import Tensor
 
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.guides.base import Guide, check_pair, key
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.unit_origin import RECORD, UnitOrigin, original_sites, removed_units, unit_origin
@@ -112,7 +113,7 @@ def to_current(net: BayesianNet, keep: Mapping[str, Any]) -> dict[str, Tensor]:
         found = (pos < current.numel()) & (current[pos.clamp_max(current.numel() - 1)] == units)
         if not bool(found.all()):
             gone = units[~found].tolist()
-            raise ValueError(
+            raise ConfigError(
                 f"{WHO}: layer {name!r}: units {gone} (original indexing) were already removed "
                 "from this network"
             )
@@ -153,13 +154,13 @@ def to_original(net: BayesianNet, keep: Mapping[str, Any]) -> dict[str, Tensor]:
 # --- checks -------------------------------------------------------------------------------
 def _units_of(net: BayesianNet, name: str) -> int:
     if name not in net.layer_names:
-        raise ValueError(
+        raise ConfigError(
             f"{WHO}: unknown layer {name!r}; the layers with sites are {list(net.layer_names)}"
         )
     n = _n_units(net.module.get_submodule(name))
     if n is None:
         layer = net.module.get_submodule(name)
-        raise ValueError(
+        raise ConfigError(
             f"{WHO}: layer {name!r} ({type(layer).__name__}) has no units to remove (only "
             "Linear and Conv layers with a weight)"
         )
@@ -178,15 +179,15 @@ def _n_units(layer: nn.Module) -> int | None:
 def _as_index(name: str, idx: Any, n: int) -> Tensor:
     t = torch.as_tensor(idx)
     if t.numel() and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
-        raise TypeError(
+        raise UnsupportedError(
             f"{WHO}: keep[{name!r}] must hold integer unit indices, got {t.dtype} "
             "(for a boolean mask over units use mask.nonzero().flatten())"
         )
     t = t.detach().to("cpu", torch.long).flatten()
     if t.numel() == 0:
-        raise ValueError(f"{WHO}: keep[{name!r}] keeps none of the {n} units of layer {name!r}")
+        raise ConfigError(f"{WHO}: keep[{name!r}] keeps none of the {n} units of layer {name!r}")
     if int(t.min()) < 0 or int(t.max()) >= n:
-        raise ValueError(
+        raise ConfigError(
             f"{WHO}: keep[{name!r}] has units out of range [0, {n}) of layer {name!r}: "
             f"{t[(t < 0) | (t >= n)].tolist()}"
         )
@@ -211,7 +212,7 @@ def _classify(net: BayesianNet, guide: Guide, name: str) -> dict[str, str]:
         elif math.prod(s.shape) <= 1:
             kinds[s.name] = "fixed"
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"{WHO}: cannot tell how site {s.name!r} of shape {s.shape} follows a removal "
                 f"of units of layer {name!r} (weight {wshape}): a site must replace a module "
                 "parameter, or be shaped like the weight or like the units"
@@ -219,7 +220,7 @@ def _classify(net: BayesianNet, guide: Guide, name: str) -> dict[str, str]:
         for pd in _param_dicts(guide):
             p = pd.get(key(s.name))
             if p is not None and tuple(p.shape) != s.shape:
-                raise ValueError(
+                raise ConfigError(
                     f"{WHO}: the guide's parameter for site {s.name!r} has shape "
                     f"{tuple(p.shape)}, not the site's {s.shape}; cannot slice it"
                 )
@@ -243,7 +244,7 @@ def _touched(
         for item in group.items:
             m = item.dep.target.module
             if not isinstance(m, nn.Module):
-                raise ValueError(
+                raise ConfigError(
                     f"{WHO}: removing units of layer {root!r} would slice a bare parameter "
                     f"({type(m).__name__}); only modules are supported"
                 )
@@ -251,7 +252,7 @@ def _touched(
             out = dg.is_out_channel_pruning_fn(item.dep.handler)
             node = dg.module2node.get(m)
             if out and node is not None and not node.outputs:
-                raise ValueError(
+                raise ConfigError(
                     f"{WHO}: units of layer {root!r} reach the network's output (through "
                     f"{name or type(m).__name__!r}); removing them would change its shape"
                 )
@@ -260,7 +261,7 @@ def _touched(
             if out:
                 owns = any(True for _ in m.parameters(recurse=False))
                 if owns and name not in site_layers and not isinstance(m, _NORMS):
-                    raise ValueError(
+                    raise ConfigError(
                         f"{WHO}: removing units of layer {root!r} also removes output channels "
                         f"of {name!r} ({type(m).__name__}), which has no sites: the two are "
                         "coupled (e.g. added in a residual sum); put the prior on both"
@@ -316,7 +317,7 @@ def _surgery(
     ids = [id(t) for *_, t in found]
     if len(set(ids)) != len(ids):
         tied = sorted({join(n, a) for n, _, _, _, a, t in found if ids.count(id(t)) > 1})
-        raise ValueError(f"{WHO}: cannot slice tied (shared) tensors {tied}")
+        raise ConfigError(f"{WHO}: cannot slice tied (shared) tensors {tied}")
     saved: list[tuple[nn.Module, str, str, Tensor, Tensor, Tensor | None]] = []
     for mname, m, kind, store, attr, t in found:
         data = t.data
@@ -460,7 +461,7 @@ def remove_units(
     if example_input is None:
         example_input = net.example_input
     if example_input is None:
-        raise ValueError(
+        raise ConfigError(
             f"{WHO}: needs an example input to trace the network; pass example_input= "
             "(fit records one in net.example_input)"
         )

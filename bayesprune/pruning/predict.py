@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bayesprune.data import Dataset, Split
+from bayesprune.errors import ConfigError, DataError, UnsupportedError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.likelihoods import Categorical
@@ -97,7 +98,7 @@ def forecast_split(data: Any) -> tuple[Tensor, Tensor, str]:
             part = getattr(data, name)
             if part is not None and len(part) > 0:
                 return part.x, part.y, name
-        raise ValueError("predict_pruning: data (a Dataset) has neither a val nor a test split")
+        raise DataError("predict_pruning: data (a Dataset) has neither a val nor a test split")
     if isinstance(data, Split):
         return data.x, data.y, "given"
     if (
@@ -107,11 +108,11 @@ def forecast_split(data: Any) -> tuple[Tensor, Tensor, str]:
     ):
         x, y = data
         if x.shape[0] != y.shape[0]:
-            raise ValueError(
+            raise ConfigError(
                 f"predict_pruning: data has {x.shape[0]} inputs but {y.shape[0]} targets"
             )
         return x, y, "given"
-    raise TypeError(
+    raise UnsupportedError(
         "predict_pruning: data must be an (x, y) pair of tensors, a bayesprune.data.Split or "
         f"a Dataset, got {type(data).__name__}"
     )
@@ -119,21 +120,25 @@ def forecast_split(data: Any) -> tuple[Tensor, Tensor, str]:
 
 def _check(net: Any, guide: Any, keep: Any, num_samples: Any, seed: Any, batch_size: Any) -> None:
     if not isinstance(net, BayesianNet):
-        raise TypeError(f"predict_pruning: net must be a BayesianNet, got {type(net).__name__}")
+        raise UnsupportedError(
+            f"predict_pruning: net must be a BayesianNet, got {type(net).__name__}"
+        )
     if not isinstance(guide, Guide):
-        raise TypeError(f"predict_pruning: guide must be a Guide, got {type(guide).__name__}")
+        raise UnsupportedError(
+            f"predict_pruning: guide must be a Guide, got {type(guide).__name__}"
+        )
     if not isinstance(net.likelihood, Categorical):
-        raise ValueError(
+        raise ConfigError(
             "predict_pruning: accuracy needs a classification network (Categorical "
             f"likelihood), got {type(net.likelihood).__name__}"
         )
     if not isinstance(keep, dict) or not all(isinstance(k, KeepSet) for k in keep.values()):
-        raise TypeError("predict_pruning: keep must be a dict {layer name: KeepSet}")
+        raise UnsupportedError("predict_pruning: keep must be a dict {layer name: KeepSet}")
     for name, value, low in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(f"predict_pruning: {name} must be an integer >= {low}, got {value!r}")
+            raise ConfigError(f"predict_pruning: {name} must be an integer >= {low}, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"predict_pruning: seed must be an integer, got {seed!r}")
+        raise ConfigError(f"predict_pruning: seed must be an integer, got {seed!r}")
 
 
 def _with_module(net: BayesianNet, module: nn.Module) -> BayesianNet:
@@ -256,7 +261,7 @@ def predict_pruning(
     _check(net, guide, keep, num_samples, seed, batch_size)
     x, y, split = forecast_split(data)
     if x.shape[0] == 0:
-        raise ValueError("predict_pruning: data has no examples")
+        raise DataError("predict_pruning: data has no examples")
     device = net.device
     y = y.to(device).long()
     if example_input is None:
