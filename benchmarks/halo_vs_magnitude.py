@@ -32,8 +32,9 @@ from bayesprune.zoo import build
 BUDGETS = (0.05, 0.02, 0.01)
 XIS = (1e-5, 3e-5, 5e-5)  # HALO strengths tried (psi = xi); one is chosen per budget on validation
 # how the MAP guide holds the scales λ, and their learning rate (the weights use --lr):
-# "exp": λ = exp(u), u trained (Pyro's default); "projected": λ itself, clamped > 0 (the paper)
-SCALE_LR = {"exp": 1e-2, "projected": 1e-3}
+# "exp": λ = exp(u), u trained (Pyro's default); "projected": λ itself, clamped > 0 (the paper);
+# "profiled": λ not trained, at its closed-form optimum given the weights
+SCALE_LR = {"exp": 1e-2, "projected": 1e-3, "profiled": None}
 
 
 def run(name: str, data, args) -> dict:
@@ -66,7 +67,7 @@ def run(name: str, data, args) -> dict:
                 seed=args.seed,
                 lr=args.lr,
                 schedule=args.schedule,
-                role_lr={"scale": SCALE_LR[positive]},
+                role_lr=None if SCALE_LR[positive] is None else {"scale": SCALE_LR[positive]},
                 progress=False,
             )
             row = {

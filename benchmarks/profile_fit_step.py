@@ -6,6 +6,9 @@ operators with the most self CPU time under ``torch.profiler``.
 
     python benchmarks/profile_fit_step.py [--nets lenet300 lenet5] [--variants map mf gates]
         [--loss fused] [--steps 100] [--top 12]
+
+Variants: ``map`` (HALO, λ trained), ``profiled`` (HALO, ``MAP(positive="profiled")``),
+``mf`` (HALO mean-field), ``unit`` (HALO per unit), ``gates`` (unit gates).
 """
 
 from __future__ import annotations
@@ -42,12 +45,16 @@ def make(net_name: str, variant: str):
         return plain_step
     prior = {
         "map": HALO(3e-5, 3e-5),
+        "profiled": HALO(3e-5, 3e-5),
         "mf": HALO(3e-5, 3e-5),
         "unit": HALO(3e-5, 3e-5, per="unit"),
         "gates": UnitGates(gamma=8.0),
     }[variant]
     net = bp.sparsify(module, prior)
-    guide = MeanField(net) if variant == "mf" else MAP(net)
+    if variant == "mf":
+        guide = MeanField(net)
+    else:
+        guide = MAP(net, positive="profiled" if variant == "profiled" else "exp")
     params = list(guide.parameters()) + [p for _, p in net.deterministic_parameters()]
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
     loss_fn = loss_from_name(ARGS.loss)

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from bayesprune.cli.method_run import METHOD_FORMAT, decode_keep
+from bayesprune.cli.pretrained import load_weights
 from bayesprune.cli.run_dir import RunDir
 from bayesprune.cli.spec import Spec
 from bayesprune.data import Dataset
@@ -19,9 +23,10 @@ from bayesprune.errors import CheckpointError
 from bayesprune.guides.base import Guide
 from bayesprune.inference import FitResult, load_checkpoint
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.pruning.keepset import KeepSet
 from bayesprune.pruning.live import removed_units, replay_removals
 
-__all__ = ["Fitted", "load_fitted", "read_elbo"]
+__all__ = ["Fitted", "load_fitted", "read_elbo", "read_spec", "starting_network"]
 
 
 @dataclass
@@ -51,6 +56,10 @@ class Fitted:
             removed=removed_units(self.net),
         )
 
+    def method_keep(self) -> dict[str, KeepSet]:
+        """The keep-sets a ``[method]`` run stored with its network."""
+        return decode_keep(self.checkpoint.get("keep"), self.run.checkpoint)
+
 
 def read_elbo(path: str | os.PathLike) -> tuple[list[int], list[float]]:
     """``(steps, values)`` of an ``elbo.csv`` written by :meth:`RunDir.write_elbo`."""
@@ -69,6 +78,21 @@ def read_elbo(path: str | os.PathLike) -> tuple[list[int], list[float]]:
     return steps, values
 
 
+def read_spec(run: RunDir) -> Spec:
+    """The spec a run folder was fitted with (``spec.json``)."""
+    return Spec.from_dict(run.read_json(run.spec), source=str(run.spec))
+
+
+def starting_network(spec: Spec, run: RunDir) -> torch.nn.Module:
+    """The network the run's fit started from: built from the spec, with the weights the
+    fit saved in ``RUN/pretrained`` if any (``[pretrain]``, ``[network] pretrained``)."""
+    if not (run.pretrained / "model.json").is_file():
+        return spec.build_network()
+    network = spec.build_network(pretrained=False)
+    load_weights(network, run.pretrained, str(run.pretrained))
+    return network
+
+
 def load_fitted(root: str | os.PathLike, data_root: Path | None = None) -> Fitted:
     """Rebuild the net and guide of the run folder ``root`` from ``spec.json`` and
     ``checkpoints/last.pt`` (replaying ``fit(remove_dead=True)`` removals), and its data.
@@ -77,10 +101,13 @@ def load_fitted(root: str | os.PathLike, data_root: Path | None = None) -> Fitte
     :raises CheckpointError: when the checkpoint is missing or does not fit the spec.
     """
     run = RunDir(root)
-    spec = Spec.from_dict(run.read_json(run.spec), source=str(run.spec))
-    net = spec.build_net()
+    spec = read_spec(run)
+    net = spec.build_net(starting_network(spec, run))
     guide = spec.build_guide(net)
     ck = load_checkpoint(run.checkpoint)
+    if bool(spec.method) != (ck.get("format") == METHOD_FORMAT):
+        kind = "a [method] run's" if spec.method else "a fit"
+        raise CheckpointError(f"{run.checkpoint} is not {kind} checkpoint (spec: {run.spec})")
     try:
         replay_removals(net, guide, ck.get("removed") or {})  # fit(..., remove_dead=True)
         net.load_state_dict(ck["net"])

@@ -16,6 +16,7 @@ command) shows the traceback of input mistakes too.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -26,16 +27,20 @@ from typing import Any
 
 import torch
 
-from bayesprune.cli.fitted import load_fitted
+from bayesprune.cli.fitted import load_fitted, starting_network
+from bayesprune.cli.method_run import pretrain, run_method
+from bayesprune.cli.pretrained import save_weights
 from bayesprune.cli.report_cmd import add_report_parser, cmd_report
 from bayesprune.cli.run_dir import RunDir
 from bayesprune.cli.spec import Spec
+from bayesprune.data import Dataset
 from bayesprune.errors import (
     BayesPruneError,
     CheckpointError,
     ConfigError,
     ExportMismatchError,
     SpecError,
+    UnsupportedError,
 )
 from bayesprune.export import load
 from bayesprune.export.pruned_network import save_pruned
@@ -134,17 +139,31 @@ def cmd_fit(args: argparse.Namespace) -> int:
             if key in spec.data:
                 saved.data[key] = spec.data[key]
         spec = saved
+        if spec.method:
+            raise UnsupportedError(
+                f"--resume: {run.root} is a finished [method] run ({spec.method['name']}): "
+                "there is nothing to continue; pass --out to fit it again in a new run folder"
+            )
     # a device this machine lacks fails here, before the run folder is written
     resolve_device(spec.fit["device"], torch.device("cpu"))
     # build everything before writing anything: a bad spec leaves no half-made run folder
     data_kw = {"root": args.data_root} if args.data_root else {}
     data = spec.build_data(**data_kw)
-    net = spec.build_net()
-    guide = spec.build_guide(net)
     train = spec.training_data(data, world)
+    if spec.method:
+        return run_method(
+            spec, run, data, train, progress=not args.no_progress, main_process=main_process
+        )
+    network, started = _starting_network(spec, run, data, train, args)
+    start = copy.deepcopy(network) if started is not None else None  # before sparsify
+    net = spec.build_net(network)
+    guide = spec.build_guide(net)
     if main_process:
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_json(run.spec, spec.to_dict())
+        if start is not None and started is not None:
+            save_weights(start, run.pretrained, {"network": spec.network_config()})
+            run.update_metrics("pretrain", started)
     kw = spec.fit_kwargs()
     log.info(
         "fitting %s on %s: %d sites over layers %s",
@@ -186,6 +205,37 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _starting_network(
+    spec: Spec, run: RunDir, data: Dataset, train: Any, args: argparse.Namespace
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The network the fit starts from, and -- when it starts from pre-trained weights not
+    yet saved in the run folder -- what to record about them (``None`` otherwise).
+
+    ``[network] pretrained`` loads saved weights; ``[pretrain]`` trains the dense network
+    first (a resumed fit reloads them from ``RUN/pretrained`` instead)."""
+    if args.resume and (run.pretrained / "model.json").is_file():
+        return starting_network(spec, run), None
+    network = spec.build_network()
+    if not spec.pretrain:
+        path = spec.network.get("pretrained")
+        return network, ({"source": str(path)} if path is not None else None)
+    t0 = time.perf_counter()
+    history = pretrain(
+        network,
+        train,
+        val=data.val,
+        section=spec.pretrain,
+        fit=spec.fit,
+        progress=not args.no_progress,
+    )
+    return network, {
+        "source": "[pretrain]",
+        "epochs": len(history),
+        "seconds": time.perf_counter() - t0,
+        "final": history[-1] if history else {},
+    }
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -194,12 +244,24 @@ def cmd_extract(args: argparse.Namespace) -> int:
     fitted = load_fitted(args.run, args.data_root)
     run, spec, net, guide, data = fitted.run, fitted.spec, fitted.net, fitted.guide, fitted.data
 
-    ckw = spec.collapse_kwargs()
-    if args.keep is not None:
-        ckw["keep"], ckw["threshold"] = args.keep, None
-    elif args.threshold is not None:
-        ckw["threshold"], ckw["keep"] = args.threshold, None
-    keep = collapse(net, guide, **ckw)
+    if spec.method:  # a baseline: its keep-sets were decided when it was fitted
+        if args.keep is not None or args.threshold is not None:
+            raise ConfigError(
+                f"--keep/--threshold: {run.root} is a [method] run ({spec.method['name']}) "
+                "whose keep-set was fixed by [method] keep when it was fitted and fine-tuned; "
+                "fit it again with another keep"
+            )
+        ckw: dict[str, Any] = {"method": dict(spec.method)}
+        keep = fitted.method_keep()
+        point = "pruned network"
+    else:
+        ckw = spec.collapse_kwargs()
+        if args.keep is not None:
+            ckw["keep"], ckw["threshold"] = args.keep, None
+        elif args.threshold is not None:
+            ckw["threshold"], ckw["keep"] = args.threshold, None
+        keep = collapse(net, guide, **ckw)
+        point = "posterior point"
     small = extract(net, keep).eval()
     dense = net.module.eval()
 
@@ -243,7 +305,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     run.update_metrics("extract", summary)
     print(
-        f"{summary['test_split']} accuracy: posterior point {_pct(acc_collapsed_point)}  ->  extracted {_pct(acc_small)}"
+        f"{summary['test_split']} accuracy: {point} {_pct(acc_collapsed_point)}  ->  "
+        f"extracted {_pct(acc_small)}"
     )
     print(
         "kept: "

@@ -8,7 +8,8 @@ Rebuilds the net and guide from the run folder (as ``extract`` does), runs
 :func:`bayesprune.diagnostics.diagnose` on the test split (the validation split if there
 is none), saves ``RUN_DIR/idata.nc``, collapses with the spec's ``[collapse]`` settings
 (the same network ``extract`` writes) and writes ``RUN_DIR/report/report.html``,
-``report.md`` and the PNG figures.
+``report.md`` and the PNG figures. A ``[method]`` run (a baseline, no posterior) is
+refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from bayesprune.atomic import atomic_output
-from bayesprune.cli.fitted import load_fitted
+from bayesprune.cli.fitted import load_fitted, read_spec
+from bayesprune.cli.run_dir import RunDir
 from bayesprune.data import Dataset, Split
-from bayesprune.errors import ConfigError
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.pruning import collapse
 
 __all__ = ["add_report_parser", "cmd_report"]
@@ -59,6 +61,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.forecast_samples < 0:
         raise ConfigError(f"--forecast-samples must be >= 0, got {args.forecast_samples}")
+    method = read_spec(RunDir(args.run)).method
+    if method:
+        raise UnsupportedError(
+            f"{args.run} is a [method] run ({method['name']}): a baseline has no posterior "
+            "to diagnose or report; 'bayesprune extract' gives its accuracy, size and FLOPs"
+        )
     fitted = load_fitted(args.run, args.data_root)
     run, spec, net, guide = fitted.run, fitted.spec, fitted.net, fitted.guide
     result = fitted.result()

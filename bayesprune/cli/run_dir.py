@@ -9,6 +9,12 @@ Layout::
       elbo.csv             step, per-example negative ELBO
       metrics.json         fit summary; ``extract`` adds its figures
       extracted/           model.safetensors + model.json (no pickle)
+      pretrained/          the starting weights, with [pretrain] or [network] pretrained
+      dense/               a [method] run: the network after its dense training
+
+A ``[method]`` run (magnitude, L1-structured) has no ``elbo.csv``; its ``checkpoints/last.pt``
+holds the pruned, fine-tuned network and its keep-sets (:mod:`bayesprune.cli.method_run`),
+and ``history.json`` the records of every stage (``"stage"``: dense, finetune).
 """
 
 from __future__ import annotations
@@ -57,6 +63,14 @@ class RunDir:
     @property
     def extracted(self) -> Path:
         return self.root / "extracted"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "pretrained"
+
+    @property
+    def dense(self) -> Path:
+        return self.root / "dense"
 
     def write_json(self, path: Path, obj: Any) -> None:
         atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

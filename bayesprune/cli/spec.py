@@ -21,6 +21,12 @@ Example (``models/halo-lenet5.toml``)::
     [collapse]
     keep = 0.02
 
+Two more sections (:mod:`bayesprune.cli.pretrained`, :mod:`bayesprune.cli.method_spec`):
+``[pretrain]`` trains the dense network before the fit (or ``[network] pretrained = "path"``
+loads saved weights) -- a ``jackpot`` prior needs one of the two; ``[method]`` replaces
+``[prior]``, ``[guide]`` and ``[collapse]`` by a baseline (magnitude or L1-structured
+pruning after dense training with the ``[fit]`` options).
+
 >>> spec = Spec.from_dict({"network": {"name": "lenet300"}, "prior": {"name": "halo"}})
 >>> spec.fit["epochs"]
 10
@@ -37,6 +43,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bayesprune.cli.method_spec import UNUSED_FIT, check_method, layer_selector, method_layers
+from bayesprune.cli.pretrained import (
+    check_pretrain,
+    check_pretrained_path,
+    load_weights,
+)
 from bayesprune.data import Dataset, get_dataset
 from bayesprune.data.augment import AUGMENTATIONS, augmented_loader
 from bayesprune.errors import DataError, SpecError
@@ -48,7 +60,9 @@ from bayesprune.nn import BayesianNet, sparsify
 from bayesprune.priors import from_config as prior_from_config
 from bayesprune.zoo import build as build_network
 
-SECTIONS = ("network", "data", "prior", "guide", "fit", "collapse")
+SECTIONS = ("network", "data", "prior", "guide", "fit", "collapse", "pretrain", "method")
+#: sections a ``[method]`` spec cannot have (the method is its prior, guide and collapse)
+NOT_WITH_METHOD = ("prior", "guide", "collapse", "pretrain")
 #: ``[data]`` keys for the training loader, not for the data set's loader
 LOADER_KEYS = ("augment", "workers")
 
@@ -76,18 +90,7 @@ LOSSES = ("fused", "compiled", "trace")
 def _layers(value: Any, where: str) -> Any:
     """TOML layer selectors: names of torch.nn classes become types, other strings are
     module names or glob patterns."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise SpecError(
-            f"{where}: prior.layers must be a string or a list of strings, got {value!r}"
-        )
-    out: list[Any] = []
-    for item in items:
-        cls = getattr(nn, item, None)
-        out.append(cls if isinstance(cls, type) and issubclass(cls, nn.Module) else item)
-    return out
+    return layer_selector(value, where, "prior")
 
 
 @dataclass
@@ -101,6 +104,11 @@ class Spec:
     fit: dict[str, Any] = field(default_factory=dict)
     collapse: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
+    #: ``[pretrain]``: dense epochs before the fit (empty: none)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    #: ``[method]``: a baseline instead of a prior (empty: a prior spec); ``prior`` is then
+    #: the flat ``{"name": "dense"}`` the method's fits run under
+    method: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> Spec:
@@ -116,9 +124,23 @@ class Spec:
         network = raw.get("network")
         if not network or "name" not in network:
             raise SpecError(f'{source}: [network] needs a name (e.g. name = "lenet5")')
-        prior = raw.get("prior") or {}
-        if "name" not in prior:
-            raise SpecError(f'{source}: [prior] needs a name (e.g. name = "halo")')
+        method = raw.get("method")
+        if method is not None:
+            both = [sec for sec in NOT_WITH_METHOD if sec in raw]
+            if both:
+                raise SpecError(
+                    f"{source}: [method] and [{both[0]}] cannot go together: a [method] spec "
+                    "prunes with a baseline (no prior, guide or collapse rule; [fit] is its "
+                    "dense training); drop one of them"
+                )
+            prior: dict[str, Any] = {"name": "dense"}
+        else:
+            prior = raw.get("prior") or {}
+            if "name" not in prior:
+                raise SpecError(
+                    f'{source}: [prior] needs a name (e.g. name = "halo"), or a [method] '
+                    'section (e.g. name = "magnitude")'
+                )
         fit = dict(FIT_DEFAULTS)
         bad = sorted(set(raw.get("fit", {})) - set(FIT_DEFAULTS))
         if bad:
@@ -143,6 +165,8 @@ class Spec:
             fit=fit,
             collapse=coll,
             source=source,
+            pretrain=raw.get("pretrain") or {},
+            method=method or {},
         )
         spec.validate()
         return spec
@@ -163,7 +187,7 @@ class Spec:
         return cls.from_dict(raw, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "network": self.network,
             "data": self.data,
             "prior": self.prior,
@@ -171,10 +195,19 @@ class Spec:
             "fit": self.fit,
             "collapse": self.collapse,
         }
+        if self.method:
+            out = {k: v for k, v in out.items() if k not in NOT_WITH_METHOD}
+            out["method"] = self.method
+        if self.pretrain:
+            out["pretrain"] = self.pretrain
+        return out
 
     def validate(self) -> None:
         """Build the cheap objects (prior, network) once to catch bad hyper-parameters early."""
         self.build_prior()
+        self._validate_start()
+        if self.method:
+            self._validate_method()
         f = self.fit
         for k in ("epochs", "batch_size", "log_every"):
             if (
@@ -215,6 +248,39 @@ class Spec:
             )
         if not isinstance(c.get("by", ""), str):
             raise SpecError(f"{self.source}: [collapse] by must be a string, got {c['by']!r}")
+
+    def _validate_start(self) -> None:
+        """``[pretrain]``, ``[network] pretrained``, and a jackpot's need for one of them."""
+        if self.pretrain:
+            check_pretrain(self.pretrain, self.source)
+        path = self.network.get("pretrained")
+        if path is not None:
+            check_pretrained_path(path, self.source)
+            if self.pretrain:
+                raise SpecError(
+                    f"{self.source}: [network] pretrained and [pretrain] cannot go together: "
+                    "load saved weights or train them here, not both"
+                )
+        if (
+            self.prior.get("name") == "jackpot"
+            and not self.pretrain
+            and path is None
+            and not isinstance(self.prior.get("pretrained"), str)
+        ):
+            raise SpecError(
+                f"{self.source}: [prior] jackpot searches a mask over pre-trained weights: add "
+                "a [pretrain] section (e.g. epochs = 5) or [network] pretrained = "
+                '"path/to/saved/weights"'
+            )
+
+    def _validate_method(self) -> None:
+        check_method(self.method, self.source)
+        for key, unused in UNUSED_FIT.items():
+            if self.fit[key] != unused:
+                raise SpecError(
+                    f"{self.source}: [fit] {key} is not used by a [method] run (no sample "
+                    f"sites, no checkpoints during its fits); remove it"
+                )
 
     def _validate_fit_options(self) -> None:
         """The ``[fit]`` keys that ``fit`` would otherwise reject only once it has started."""
@@ -282,17 +348,29 @@ class Spec:
         except (TypeError, ValueError) as e:
             raise SpecError(f"{self.source}: [prior] {e}") from None
 
-    def build_network(self) -> nn.Module:
+    def build_network(self, *, pretrained: bool = True) -> nn.Module:
         """The network with its initial weights drawn from ``[fit] seed`` (the global RNG
-        is left as it was): the same spec always starts from the same weights."""
+        is left as it was): the same spec always starts from the same weights. With
+        ``[network] pretrained`` (and ``pretrained=True``) the saved weights are loaded.
+
+        :raises CheckpointError: when the pretrained file is missing or does not fit.
+        """
         cfg = dict(self.network)
         name = cfg.pop("name")
+        path = cfg.pop("pretrained", None)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(self.fit["seed"]))
-                return build_network(name, **cfg)
+                network = build_network(name, **cfg)
         except (TypeError, ValueError) as e:
             raise SpecError(f"{self.source}: [network] {e}") from None
+        if path is not None and pretrained:
+            load_weights(network, path, f"{self.source}: [network] pretrained")
+        return network
+
+    def network_config(self) -> dict[str, Any]:
+        """``[network]`` without ``pretrained``: what rebuilds the architecture."""
+        return {k: v for k, v in self.network.items() if k != "pretrained"}
 
     def build_data(self, **overrides: Any) -> Dataset:
         cfg = {k: v for k, v in {**self.data, **overrides}.items() if k not in LOADER_KEYS}
@@ -323,8 +401,13 @@ class Spec:
             raise SpecError(f"{self.source}: [data] {e}") from None
 
     def build_net(self, network: nn.Module | None = None) -> BayesianNet:
+        """``sparsify(network, prior)``; for a ``[method]`` spec the flat ``Dense`` prior over
+        the layers the method prunes (its ``layer_names``)."""
         module = network if network is not None else self.build_network()
-        layers = _layers(self.prior.get("layers"), self.source)
+        if self.method:
+            layers = method_layers(self.method, module, self.source)
+        else:
+            layers = _layers(self.prior.get("layers"), self.source)
         try:
             return sparsify(module, self.build_prior(), layers)
         except (TypeError, ValueError) as e:

@@ -208,6 +208,10 @@ def load_network(
         )
     weights_path, meta_path = _paths(path, create=False)
     doc = _read_meta(meta_path)
+    # the whole file is read once: its sha256 is checked against the JSON before anything
+    # is parsed, so ``safe_open`` (lazy, per tensor) would only read the bytes a second time.
+    # The JSON's per-tensor shape/dtype is what lets ``like=``/``build`` be checked against
+    # the saved network without touching the weights, and names the culprit on a mismatch.
     blob = weights_path.read_bytes()
     if "num_bytes" in doc and len(blob) != doc["num_bytes"]:
         raise CheckpointError(

@@ -59,7 +59,6 @@ from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.likelihoods import check_batch
 
-
 #: the names :func:`loss_from_name` (and ``fit(loss=...)``) accepts
 LOSSES = ("fused", "compiled", "trace")
 

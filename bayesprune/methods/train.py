@@ -118,11 +118,17 @@ def train(
 
 @torch.inference_mode()
 def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
-    """Top-1 accuracy of ``module`` (eval mode) on ``(x, y)``."""
+    """Top-1 accuracy of ``module`` (eval mode) on ``(x, y)``; the batches are moved to the
+    module's device."""
     was = module.training
     module.eval()
+    dev = next((p.device for p in module.parameters()), x.device)
     correct = sum(
-        int((module(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
+        int(
+            (
+                module(x[i : i + batch_size].to(dev)).argmax(-1) == y[i : i + batch_size].to(dev)
+            ).sum()
+        )
         for i in range(0, x.shape[0], batch_size)
     )
     module.train(was)

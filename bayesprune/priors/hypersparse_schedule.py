@@ -16,7 +16,9 @@ across epochs), so a resumed fit runs the same phases with the same α:
   (:class:`~bayesprune.priors.weight_masks.HoldMasks`); the fit stops after them.
 
 Every epoch's record gets ``phase`` and ``alpha``. Validation uses the validation split of
-the fit's data (``state.val`` when the fit provides it, else ``Dataset.val``), never test.
+the fit's data (``state.val`` when the fit provides it -- a split, a pair or a loader --,
+else ``Dataset.val``), never test. Under data parallelism a sharded validation loader's hits
+and counts are added over the processes, so every process takes the same stop decision.
 
 >>> from types import SimpleNamespace
 >>> prior = SimpleNamespace(warmup=1, lambda_init=1e-4, eta=2.0, window=1, tolerance=0.0,
@@ -30,11 +32,14 @@ the fit's data (``state.val`` when the fit provides it, else ``Dataset.val``), n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bayesprune.data.batches import LoaderBatches, is_loader
+from bayesprune.data.dataset import Split
 from bayesprune.errors import ConfigError
 from bayesprune.priors.weight_masks import HoldMasks, top_magnitude_masks
 
@@ -80,8 +85,11 @@ def plan(prior: Any, epoch: int, history: list[dict[str, Any]]) -> tuple[str, fl
     return "finetune", 0.0, epoch - switch - 1
 
 
-def validation_split(state: Any) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` of the fit's validation split.
+def validation_split(state: Any) -> Any:
+    """What the stop rule scores: the fit's validation data -- whatever ``fit(val=...)``
+    takes (a :class:`~bayesprune.data.Split`, an ``(x, y)`` pair, a ``DataLoader`` or a list
+    of ``(x, y)`` batches) -- else the ``Dataset``'s val split; a pair comes back as a
+    :class:`~bayesprune.data.Split`.
 
     :raises ValueError: when the fit has none (ART's stop rule needs one).
     """
@@ -89,23 +97,62 @@ def validation_split(state: Any) -> tuple[Tensor, Tensor]:
     if val is None:
         val = getattr(state.data, "val", None)
     if val is not None and hasattr(val, "x") and hasattr(val, "y"):
-        return val.x, val.y
+        return Split(val.x, val.y)
+    if val is not None and is_loader(val):
+        return val
     if isinstance(val, (tuple, list)) and len(val) == 2:
-        return val[0], val[1]
+        return Split(torch.as_tensor(val[0]), torch.as_tensor(val[1]))
     raise ConfigError(
         "HyperSparse: ART's stop rule scores the magnitude-pruned network on a validation "
-        "split; fit it on a bayesprune Dataset with a val split (e.g. fashion_mnist())"
+        "split; fit it on a bayesprune Dataset with a val split (e.g. fashion_mnist()) or "
+        "pass fit(val=...)"
     )
 
 
 @torch.inference_mode()
-def accuracy(net: Any, values: dict[str, Tensor], x: Tensor, y: Tensor, batch: int = 2048) -> float:
-    """Top-1 accuracy of ``net`` run with site ``values`` (eval mode) on ``(x, y)``."""
-    hits = torch.zeros((), dtype=torch.long, device=net.device)
-    for i in range(0, x.shape[0], batch):
-        xb, yb = x[i : i + batch].to(net.device), y[i : i + batch].to(net.device)
-        hits += (net.predict(values, xb).argmax(-1) == yb).sum()
-    return int(hits) / max(x.shape[0], 1)
+def accuracy(
+    net: Any,
+    values: dict[str, Tensor],
+    val: Any,
+    *,
+    replicas: Any = None,
+    batch_size: int = 2048,
+) -> float:
+    """Top-1 accuracy of ``net`` run with site ``values`` (eval mode) on ``val``, a
+    :class:`~bayesprune.data.Split` or a loader of ``(x, y)`` batches.
+
+    A loader with a ``DistributedSampler`` under data parallelism is scored in parts: the
+    hits and counts are added over the processes (``replicas``), so every process gets the
+    accuracy on the whole split and takes the same stop decision. (``replicas`` is the fit's
+    :class:`~bayesprune.inference.distributed.Replicas`, ``state.replicas``.)
+
+    >>> import torch.nn as nn
+    >>> from bayesprune import sparsify
+    >>> from bayesprune.data import Split
+    >>> from bayesprune.priors import HyperSparse
+    >>> _ = torch.manual_seed(0)
+    >>> net = sparsify(nn.Linear(3, 2), HyperSparse(sparsity=0.5))
+    >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    >>> point = {s.name: net.module.weight.detach() for s in net.sites}
+    >>> batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    >>> accuracy(net, point, batches) == accuracy(net, point, Split(x, y))
+    True
+    """
+    if isinstance(val, Split):
+        batches: Iterable[tuple[Tensor, Tensor]] = [(val.x, val.y)]
+        sharded = False
+    else:
+        src = LoaderBatches(val, device=net.device, who="HyperSparse", split="validation")
+        batches, sharded = src.epoch(0, seed=0), src.sharded
+    sums = torch.zeros(2, dtype=torch.float64, device=net.device)  # hits, examples
+    for x, y in batches:
+        x, y = x.to(net.device), y.to(net.device)
+        hits = (net.predict(values, x, batch_size=batch_size).argmax(-1) == y).sum()
+        sums += torch.stack([hits.double(), hits.new_tensor(y.shape[0]).double()])
+    if sharded and replicas is not None and replicas.world > 1:
+        sums = replicas.mean(sums) * replicas.world
+    hits, n = sums.tolist()
+    return hits / max(n, 1.0)
 
 
 class ARTSchedule:
@@ -147,15 +194,17 @@ class ARTSchedule:
         record["phase"], record["alpha"] = self.phase, self.alpha
         if self.phase == "warmup":
             if end >= prior.warmup - prior.window:
-                x, y = validation_split(state)
-                record["dense_val_accuracy"] = accuracy(state.net, state.guide.point(), x, y)
+                record["dense_val_accuracy"] = accuracy(
+                    state.net, state.guide.point(), validation_split(state), replicas=state.replicas
+                )
             return False
         if self.phase == "regularise":
-            x, y = validation_split(state)
             point = state.guide.point()
             masks = self.masks(state, point)
             pruned = {k: v * masks[k] if k in masks else v for k, v in point.items()}
-            record["pruned_val_accuracy"] = accuracy(state.net, pruned, x, y)
+            record["pruned_val_accuracy"] = accuracy(
+                state.net, pruned, validation_split(state), replicas=state.replicas
+            )
             if stop_rule_fires(prior, state.history, end):
                 record["stop_rule"] = True
                 return prior.finetune == 0

@@ -2,7 +2,8 @@
 gives back the network ``extract`` held in memory.
 
 Each spec runs with its own prior, guide, fit options (``remove_dead``, schedule, ...)
-and collapse rule, on tiny synthetic data for one epoch of two steps. Gate
+and collapse rule -- or its ``[method]`` -- on tiny synthetic data for one epoch of two
+steps (one ``[pretrain]`` epoch, one fine-tune epoch per round). Gate
 probabilities get a learning rate of 1, so one Adam step drives each θ to 0 or 1, and
 prices fit for 64 examples: the gate specs then really remove some units (not all)
 during the fit -- the case whose keep-sets were once saved in the shrunk network's
@@ -66,6 +67,10 @@ def tiny(raw: dict) -> tuple[dict, tuple[int, ...]]:
     }
     fit = raw.setdefault("fit", {})
     fit.update(epochs=1, batch_size=32, log_every=1)
+    if "pretrain" in raw:  # the jackpot's dense training: one epoch
+        raw["pretrain"]["epochs"] = 1
+    if "method" in raw:  # a baseline's fine-tune: one epoch (per round)
+        raw["method"]["finetune_epochs"] = min(raw["method"].get("finetune_epochs", 0), 1)
     if "gate" in (fit.get("role_lr") or {}):
         fit["role_lr"] = {**fit["role_lr"], "gate": 1.0}
         # prices for 64 examples, not 55,000: some units (blocks) close, others stay open
@@ -88,6 +93,10 @@ def test_every_spec_is_covered():
         "gates-lenet300",
         "gates-lenet5",
         "blockgates-resnet20",
+        "hypersparse-lenet300",
+        "jackpot-lenet300",
+        "magnitude-lenet300",
+        "l1-lenet5",
     }
 
 

@@ -21,7 +21,7 @@ from bayesprune.guides import MAP
 from bayesprune.inference import evaluate
 from bayesprune.inference.distributed import Replicas
 from bayesprune.methods import train
-from bayesprune.priors import HALO, Jackpot, UnitGates
+from bayesprune.priors import HALO, HyperSparse, Jackpot, UnitGates
 
 N_TRAIN, GLOBAL_BATCH = 192, 32  # 6 steps per epoch
 
@@ -124,6 +124,23 @@ def jackpot_search(out: Path):
     return net, result.guide, result, None
 
 
+def hypersparse_sharded_val(out: Path, sharded: bool = True):
+    """ART whose stop rule scores a validation loader each process reads a different half of
+    (``sharded=False``: the same fit scored on the validation tensors)."""
+    d = data()
+    ds = TensorDataset(d.val.x, d.val.y)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    sampler = DistributedSampler(ds, shuffle=False) if world > 1 else None
+    val = DataLoader(ds, batch_size=5, sampler=sampler) if sharded else d.val
+    prior = HyperSparse(
+        sparsity=0.9, lambda_init=1e-2, eta=2.0, warmup=2, window=1, finetune=1,
+        tolerance=0.15, max_regularise=8,
+    )  # fmt: skip
+    net = sparsify(mlp(), prior)
+    result = fit(net, d, epochs=12, batch_size=GLOBAL_BATCH, lr=1e-2, val=val, progress=False)
+    return net, result.guide, result, None
+
+
 def sharded_validation(net, guide) -> dict[str, float]:
     """The validation scores from a loader each process reads a different half of."""
     val = data().val
@@ -155,6 +172,7 @@ def main(out: Path) -> None:
     save(out, "halo", *halo_tensors(out))
     save(out, "gates", *gates_loader(out))
     save(out, "jackpot", *jackpot_search(out))
+    save(out, "hypersparse", *hypersparse_sharded_val(out))
     # killed mid-epoch 2 (step 11; the last checkpoint is at step 9), then resumed
     ck = out / "ck"
     kill_at(11)

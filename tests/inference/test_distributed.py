@@ -2,7 +2,8 @@
 
 The fits themselves are in ``ddp_fit.py``: a HALO/MAP fit on in-memory tensors (sharded by
 index), a unit-gates fit on a ``DataLoader`` with removal of dead units during training
-(the loader gets a ``DistributedSampler``), and a fit killed mid-epoch and resumed.
+(the loader gets a ``DistributedSampler``), a lottery-jackpot search, ART/HyperSparse whose
+stop rule scores a sharded validation loader, and a fit killed mid-epoch and resumed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     torchrun(str(HERE / "ddp_fit.py"), str(out))
     return {
         case: [torch.load(out / f"{case}-rank{r}.pt", weights_only=True) for r in (0, 1)]
-        for case in ("halo", "gates", "resumed", "jackpot")
+        for case in ("halo", "gates", "resumed", "jackpot", "hypersparse")
     } | {"folder": out}
 
 
@@ -61,7 +62,7 @@ def test_every_process_sees_its_own_half_of_the_data(runs, case):
     assert len(r0) == len(r1) == ddp_fit.N_TRAIN // 2
 
 
-@pytest.mark.parametrize("case", ["halo", "gates", "resumed", "jackpot"])
+@pytest.mark.parametrize("case", ["halo", "gates", "resumed", "jackpot", "hypersparse"])
 def test_both_processes_end_identical(runs, case):
     a, b = runs[case]
     assert_same(a["net"], b["net"])
@@ -108,3 +109,23 @@ def test_a_killed_data_parallel_fit_resumes_exactly(runs):
     # (the ELBO trace differs in cadence: checkpoint_every also closes a log window)
     assert straight["history"] == resumed["history"]
     assert sorted(os.listdir(runs["folder"] / "ck")) == ["last.pt"]  # process 0 writes alone
+
+
+def test_art_stops_on_the_same_epoch_on_both_processes_as_alone(runs):
+    """Each process scores half of the validation loader; the hits and counts are added up,
+    so the stop rule sees the whole split's accuracy: both processes stop in the same epoch,
+    the one the same fit takes alone on the validation tensors."""
+    keys = ("phase", "alpha", "dense_val_accuracy", "pruned_val_accuracy", "stop_rule")
+    two = [[{k: h.get(k) for k in keys} for h in r["history"]] for r in runs["hypersparse"]]
+    assert two[0] == two[1]
+    _, _, alone, _ = ddp_fit.hypersparse_sharded_val(runs["folder"], sharded=False)
+    one = [{k: h.get(k) for k in keys} for h in alone.history]
+    stops = [i for i, h in enumerate(two[0]) if h["stop_rule"]]
+    reg = [h for h in two[0] if h["phase"] == "regularise"]
+    assert len(stops) == 1 and 1 < len(reg) < 8, "the rule must fire on the data, not the cap"
+    assert [h["phase"] for h in two[0]] == [h["phase"] for h in one]
+    for a, b in zip(two[0], one, strict=True):
+        for k in ("dense_val_accuracy", "pruned_val_accuracy"):
+            assert (a[k] is None) == (b[k] is None), k
+            if a[k] is not None:
+                assert a[k] == pytest.approx(b[k], abs=1.5 / 32), k  # at most 1 of 32 flips
