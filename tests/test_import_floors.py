@@ -74,9 +74,6 @@ def test_no_modules_import_each_other():
                     targets.remove(node.module)
                 targets += subs
         graph[name] = {t for t in targets if t in files and t != name}
-    # UnitGates turns a weight_prior dict into a prior with the registry in priors/__init__
-    # (inside a function); drop this exception once that registry lives below gates.py.
-    graph["bayesprune.priors.gates"].discard("bayesprune.priors")
     cycles, state, path = [], {}, []
 
     def visit(module):

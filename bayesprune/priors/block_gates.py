@@ -48,6 +48,7 @@ from bayesprune.blocks import block_spec, block_types
 from bayesprune.metrics import count_flops
 from bayesprune.priors.base import Prior
 from bayesprune.priors.gates import GateSitesMixin, check_gate_args, probs_key
+from bayesprune.priors.registry import register
 from bayesprune.priors.unit_costs import complexity_prices
 from bayesprune.sites import Context, Site, join
 
@@ -170,3 +171,6 @@ class BlockGates(GateSitesMixin, Prior):
             "cost": self.cost,
             "init_prob": self.init_prob,
         }
+
+
+register("block_gates", BlockGates)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from bayesprune.errors import ConfigError
 from bayesprune.priors.base import Prior
+from bayesprune.priors.registry import register
 from bayesprune.sites import Context, Site
 
 
@@ -60,3 +61,6 @@ class Dense(Prior):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
+
+
+register("dense", Dense)

@@ -67,8 +67,10 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from bayesprune.distributions.flattening import Flattening, log_normalizer, optimal_prior_prob
+from bayesprune.errors import UnsupportedError
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior, check_positive
 from bayesprune.priors.gaussian import Gaussian
+from bayesprune.priors.registry import from_config, register
 from bayesprune.priors.unit_costs import COSTS, complexity_prices, unit_costs
 from bayesprune.sites import Context, Site, join
 
@@ -207,14 +209,12 @@ class UnitGates(GateSitesMixin, Prior):
     ) -> None:
         check_gate_args("UnitGates", gamma, cost, init_prob)
         if isinstance(weight_prior, dict):
-            from bayesprune.priors import from_config
-
             weight_prior = from_config(weight_prior)
         self.gamma = float(gamma)
         self.cost = cost
         self.weight_prior = weight_prior if weight_prior is not None else Gaussian(1.0)
         if isinstance(self.weight_prior, UnitGates):
-            raise TypeError("UnitGates: weight_prior cannot itself be UnitGates")
+            raise UnsupportedError("UnitGates: weight_prior cannot itself be UnitGates")
         self.init_prob = float(init_prob)
         self._prices: dict[str, Tensor] = {}
 
@@ -303,3 +303,6 @@ class UnitGates(GateSitesMixin, Prior):
             "weight_prior": self.weight_prior.config(),
             "init_prob": self.init_prob,
         }
+
+
+register("gates", UnitGates)

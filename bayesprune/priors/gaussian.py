@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from bayesprune.priors.base import Prior, check_positive
+from bayesprune.priors.registry import register
 from bayesprune.sites import Context, Site, join
 
 
@@ -70,3 +71,6 @@ class Gaussian(Prior):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "scale": self.scale}
+
+
+register("gaussian", Gaussian)

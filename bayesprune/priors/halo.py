@@ -46,6 +46,7 @@ from torch.distributions import constraints
 
 from bayesprune.priors.base import Prior, check_positive
 from bayesprune.priors.halo_penalty import halo_penalty
+from bayesprune.priors.registry import register
 from bayesprune.sites import Context, Site, join
 
 
@@ -191,3 +192,6 @@ class HALO(Prior):
             "per": self.per,
             "init_scale": self.init_scale,
         }
+
+
+register("halo", HALO)

@@ -48,6 +48,7 @@ from bayesprune.errors import ConfigError
 from bayesprune.priors.base import Prior, check_positive
 from bayesprune.priors.hypersparse_penalty import HyperSparseFactor, hypersparse_penalty
 from bayesprune.priors.hypersparse_schedule import ARTSchedule
+from bayesprune.priors.registry import register
 from bayesprune.sites import Context, Site, join
 
 #: the Site.info key listing the weight sites a layer's term closes over (last layer only)
@@ -200,3 +201,6 @@ class HyperSparse(Prior):
             "tolerance": self.tolerance,
             "max_regularise": self.max_regularise,
         }
+
+
+register("hypersparse", HyperSparse)

@@ -61,6 +61,7 @@ from bayesprune.priors.base import Prior
 from bayesprune.priors.jackpot_mask import MaskedWeight, mask_key
 from bayesprune.priors.jackpot_search import JackpotSearch
 from bayesprune.priors.jackpot_swaps import layer_keep_counts
+from bayesprune.priors.registry import register
 from bayesprune.sites import Context, Site, join
 
 INITS = ("magnitude", "random")
@@ -231,3 +232,6 @@ class Jackpot(Prior):
             "budget_epochs": self.budget_epochs,
             "pretrained": pre,
         }
+
+
+register("jackpot", Jackpot)

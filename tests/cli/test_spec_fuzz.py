@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from bayesprune.cli.spec import COLLAPSE_KEYS, FIT_DEFAULTS, LOADER_KEYS, SECTIONS, Spec
 from bayesprune.errors import SpecError
 from bayesprune.guides import _REGISTRY as GUIDES
-from bayesprune.priors import _REGISTRY as PRIORS
+from bayesprune.priors import PRIORS
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
