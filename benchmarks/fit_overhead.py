@@ -5,9 +5,9 @@ mean-field, MAP per-unit, unit gates, plain, ...) on the same in-memory Fashion-
 tensors, batch 128, Adam (fused) lr 1e-3; the figure is the ratio of median epoch times.
 
 With ``--gated-epochs N`` (N > 0) it also measures, on LeNet-5, the whole gated fit with
-dead units removed during training (``UnitGates(gamma=8, cost="mixed")``,
-``fit(..., remove_dead=True)``) against plain training of the dense net for the same N
-epochs (wall time and test accuracy of both), and the latency of the extracted network
+dead units removed during training (``UnitGates(gamma=--gamma, cost="mixed")``, gates at
+learning rate ``--gate-lr``, ``fit(..., remove_dead=True)``) against plain training of the
+dense net for the same N epochs (wall time and test accuracy of both), and the latency of the extracted network
 (``collapse`` then ``extract``) against a dense LeNet-5 built directly with the same
 layer sizes (``bayesprune.metrics.paired_latency``, interleaved).
 
@@ -106,20 +106,20 @@ def compiled_fits(nets: list[str], data, epochs: int) -> dict:
     return out
 
 
-def gated_vs_plain(data, epochs: int) -> dict:
+def gated_vs_plain(data, epochs: int, gamma: float = 8.0, gate_lr: float = 1e-2) -> dict:
     """Whole gated LeNet-5 fit with live removal vs plain dense training, same epochs;
     then the extracted network's latency vs a dense LeNet-5 of the same layer sizes."""
     torch.manual_seed(0)
     dense = build("lenet5")
     opt = torch.optim.Adam(dense.parameters(), lr=1e-3, fused=True)
     plain_s = sum(plain_epoch("lenet5", data, e, dense, opt) for e in range(epochs))
-    net = bp.sparsify(build("lenet5"), UnitGates(gamma=8.0, cost="mixed"))
+    net = bp.sparsify(build("lenet5"), UnitGates(gamma=gamma, cost="mixed"))
     t0 = time.perf_counter()
     result = bp.fit(
         net,
         data,
         epochs=epochs,
-        role_lr={"gate": 1e-2},
+        role_lr={"gate": gate_lr},
         progress=False,
         validate=False,
         remove_dead=True,
@@ -131,6 +131,8 @@ def gated_vs_plain(data, epochs: int) -> dict:
     lat_small, lat_same = paired_latency(small, same_shape, data.test.x[:256])
     return {
         "epochs": epochs,
+        "gamma": gamma,
+        "gate_lr": gate_lr,
         "seconds": {"plain": plain_s, "gated": gated_s},
         "ratio": gated_s / plain_s,
         "test_accuracy": {
@@ -156,6 +158,8 @@ def main() -> None:
     ap.add_argument("--nets", nargs="+", default=["lenet300", "lenet5"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--gated-epochs", type=int, default=0, help="epochs of the gated-fit section")
+    ap.add_argument("--gamma", type=float, default=8.0, help="gate prior strength (gated fit)")
+    ap.add_argument("--gate-lr", type=float, default=1e-2, help="gates' learning rate (gated fit)")
     ap.add_argument("--compiled-epochs", type=int, default=0, help="epochs of the compile section")
     ap.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "fit_overhead.json"
@@ -187,7 +191,11 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "rounds": args.rounds,
     }
-    gated = gated_vs_plain(data, args.gated_epochs) if args.gated_epochs > 0 else None
+    gated = (
+        gated_vs_plain(data, args.gated_epochs, args.gamma, args.gate_lr)
+        if args.gated_epochs > 0
+        else None
+    )
     compiled = (
         compiled_fits(args.nets, data, args.compiled_epochs) if args.compiled_epochs > 1 else None
     )
