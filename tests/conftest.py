@@ -58,6 +58,16 @@ def inputs() -> Callable[[str, int], torch.Tensor]:
     return lambda kind, n: torch.randn(n, *INPUTS[kind])
 
 
+@pytest.fixture(params=["weight", "unit"])
+def net(request, nets):
+    """The conv net under a HALO prior (initial scale 0.3), per weight and per unit."""
+    from bayesprune import sparsify
+    from bayesprune.priors import HALO
+
+    torch.manual_seed(1)
+    return sparsify(nets["conv"](), HALO(per=request.param, init_scale=0.3))
+
+
 @pytest.fixture(scope="session")
 def class_data() -> Dataset:
     """3 classes in 8 dimensions: 128 train (8 batches of 16), 64 val."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+from collections.abc import Iterator
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -56,12 +59,97 @@ def n_params(module: nn.Module) -> int:
 
 
 def set_gates(guide, thetas: dict[str, list[float]]) -> None:
-    """Put the gate probabilities θ of a gate guide at ``thetas`` (by layer name)."""
+    """Put the gate probabilities θ of a gate guide at ``thetas`` (by layer name), in the
+    dtype of the guide's parameters."""
     from bayesprune.guides.base import key
 
     with torch.no_grad():
         for layer, theta in thetas.items():
-            guide.gate_probs[key(f"{layer}.gate")].copy_(torch.tensor(theta))
+            p = guide.gate_probs[key(f"{layer}.gate")]
+            p.copy_(torch.tensor(theta, dtype=p.dtype))
+
+
+def configurations(sizes: list[int]) -> Iterator[list[Tensor]]:
+    """Every joint 0/1 value of gates with the given sizes, one float64 tensor per gate.
+
+    >>> [[z.tolist() for z in zs] for zs in configurations([1, 1])]
+    [[[0.0], [0.0]], [[0.0], [1.0]], [[1.0], [0.0]], [[1.0], [1.0]]]
+    """
+    for bits in itertools.product([0.0, 1.0], repeat=sum(sizes)):
+        yield list(torch.split(torch.tensor(bits, dtype=torch.float64), sizes))
+
+
+def configuration_weight(zs: list[Tensor], thetas: list[Tensor]) -> Tensor:
+    """``q(z) = Π θ^z (1 − θ)^(1 − z)`` (float64), differentiable in θ."""
+    w = torch.ones((), dtype=torch.float64)
+    for z, t in zip(zs, thetas, strict=True):
+        w = w * torch.where(z > 0, t, 1 - t).prod()
+    return w
+
+
+@contextlib.contextmanager
+def forced_gates(zs: list[Tensor] | Tensor) -> Iterator[list[Tensor]]:
+    """Make the ``torch.bernoulli`` calls inside -- the fused path's hard sample and Pyro's
+    ``Bernoulli.sample`` alike -- return the given gate values: given a list, one value a
+    call in site order (zeros once they run out); given one tensor, that tensor at every
+    call. The other random draws (Normal weights) are left alone, so one seed gives both
+    paths the same ``W``. Yields the list of values actually drawn."""
+    queue = [] if isinstance(zs, Tensor) else list(zs)
+    drawn: list[Tensor] = []
+
+    def fake(p: Tensor, *args, **kwargs) -> Tensor:
+        z = zs if isinstance(zs, Tensor) else queue.pop(0) if queue else torch.zeros_like(p)
+        assert z.shape == p.shape
+        drawn.append(z)
+        return z.to(p)
+
+    with mock.patch.object(torch, "bernoulli", fake):
+        yield drawn
+
+
+def perturb(guide, scale: float = 1.0) -> None:
+    """Add ``scale`` x standard normal noise to every parameter of ``guide``."""
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def go(pair, data, **kwargs):
+    """``fit`` a ``(net, guide)`` pair."""
+    from bayesprune import fit
+
+    net, guide = pair
+    return fit(net, data, guide, **kwargs)
+
+
+def records(result) -> list[dict]:
+    """A fit's history without wall-clock times."""
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
+
+
+def assert_same(a: dict, b: dict) -> None:
+    """Equal keys and equal values: tensors equal with the same dtype, dicts recursively,
+    anything else ``==``."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], Tensor):
+            assert torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype, k
+        elif isinstance(a[k], dict):
+            assert_same(a[k], b[k])
+        else:
+            assert a[k] == b[k], k
+
+
+def assert_same_fit(a, b) -> None:
+    """Two ``fit`` results alike to the bit: guide and net state, history (times aside),
+    ELBO trace and the units removed."""
+    for x, y in ((a.guide, b.guide), (a.net, b.net)):
+        assert_same(x.state_dict(), y.state_dict())
+    assert records(a) == records(b)
+    assert (a.elbo, a.elbo_steps) == (b.elbo, b.elbo_steps)
+    assert {n: u.tolist() for n, u in a.removed.items()} == {
+        n: u.tolist() for n, u in b.removed.items()
+    }
 
 
 def resnet(**kwargs) -> nn.Module:
@@ -95,6 +183,20 @@ def randomise_batchnorm(module: nn.Module, generator: torch.Generator | None = N
     return module
 
 
+def save_extracted(net: nn.Module, keep: dict, folder, **kwargs) -> tuple[nn.Module, dict]:
+    """``extract`` a zoo network for ``(1, 28, 28)`` images to ``keep`` and ``save_pruned``
+    it in ``folder`` with the network's config (``kwargs`` go to ``save_pruned``):
+    ``(the extracted network in eval mode, the paths written)``."""
+    from bayesprune.export.pruned_network import save_pruned
+    from bayesprune.pruning import extract
+
+    small = extract(net, keep, example_input=torch.zeros(1, 1, 28, 28)).eval()
+    paths = save_pruned(
+        small, folder, network_config=net.config, keep=keep, input_shape=(1, 28, 28), **kwargs
+    )
+    return small, paths
+
+
 def assert_fused_equals_trace(
     net, guide, x: Tensor, y: Tensor, n_data: int, params: list[Tensor], *, seed: int, tol: float
 ) -> None:
@@ -110,3 +212,29 @@ def assert_fused_equals_trace(
     torch.testing.assert_close(out["fused"][0], out["trace"][0], rtol=tol, atol=tol)
     for a, b in zip(out["fused"][1], out["trace"][1], strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+class SmallConvNet(nn.Module):
+    """Conv(1→4, 3x3, same)-BatchNorm-ReLU-[Dropout]-Linear(64→3), on ``(1, 4, 4)`` inputs;
+    the dropout module only where ``dropout`` is given."""
+
+    def __init__(self, dropout: float | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        if dropout is not None:
+            self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        if hasattr(self, "drop"):
+            h = self.drop(h)
+        return self.fc(h.flatten(1))
+
+
+class BakedBatch(nn.Module):
+    """Turns the batch size into a Python int, which tracing freezes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * int(x.shape[0])

@@ -16,6 +16,7 @@ from bayesprune.priors import UnitGates
 from bayesprune.pruning import KeepSet
 from bayesprune.pruning.live import remove_units, removed_units, to_current, to_original
 from bayesprune.zoo import build
+from tests.helpers import save_extracted
 
 
 @pytest.fixture
@@ -26,9 +27,8 @@ def saved(tmp_path):
         "conv2": KeepSet(units=torch.randperm(12, generator=g)[:5], n_units=12),
         "fc1": KeepSet(units=torch.randperm(125, generator=g)[:40], n_units=125),
     }
-    small = extract(net, keep, example_input=torch.zeros(1, 1, 28, 28)).eval()
     folder = tmp_path / "extracted"
-    save_pruned(small, folder, network_config=net.config, keep=keep, input_shape=(1, 28, 28))
+    small, _ = save_extracted(net, keep, folder)
     return small, folder
 
 

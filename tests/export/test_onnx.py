@@ -7,30 +7,15 @@ import torch
 from torch import nn
 
 from bayesprune.export import ExportMismatchError, export_onnx, onnx_export
+from tests.helpers import BakedBatch, SmallConvNet
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-class SmallConvNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4 * 4 * 4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
-
-
 class TwoInOut(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x + y, (x * y).sum(dim=1)
-
-
-class BakedBatch(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * int(x.shape[0])
 
 
 def _run(path: Path, **feed: torch.Tensor) -> list:

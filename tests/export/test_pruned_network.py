@@ -11,6 +11,7 @@ import torch
 from bayesprune.export.pruned_network import architecture, build_pruned, load_pruned, save_pruned
 from bayesprune.pruning import KeepSet, extract
 from bayesprune.zoo import build
+from tests.helpers import save_extracted
 
 # (network name, build kwargs, structured layers, all layers)
 NETS = [
@@ -20,7 +21,7 @@ NETS = [
 
 
 def pruned(name, kwargs, structured, layers, seed=0):
-    """An extracted network with structured and unstructured keep-sets, and its keep-sets."""
+    """A zoo network and structured and unstructured keep-sets for it."""
     g = torch.Generator().manual_seed(seed)
     net = build(name, **kwargs).eval()
     keep = {}
@@ -31,21 +32,15 @@ def pruned(name, kwargs, structured, layers, seed=0):
             k = int(torch.randint(1, w.shape[0], (1,), generator=g))
             kw.update(units=torch.randperm(w.shape[0], generator=g)[:k], n_units=w.shape[0])
         keep[n] = KeepSet(**kw)
-    small = extract(net, keep, example_input=torch.zeros(1, 1, 28, 28)).eval()
-    return net, keep, small
+    return net, keep
 
 
 @pytest.fixture(params=NETS, ids=[n[0] for n in NETS])
 def saved(request, tmp_path):
     name, kwargs, structured, layers = request.param
-    net, keep, small = pruned(name, kwargs, structured, layers)
-    paths = save_pruned(
-        small,
-        tmp_path / "extracted",
-        network_config=net.config,
-        keep=keep,
-        input_shape=(1, 28, 28),
-        extra={"metrics": {"accuracy": 0.5}},
+    net, keep = pruned(name, kwargs, structured, layers)
+    small, paths = save_extracted(
+        net, keep, tmp_path / "extracted", extra={"metrics": {"accuracy": 0.5}}
     )
     return net, keep, small, tmp_path / "extracted", paths
 
@@ -218,8 +213,9 @@ def test_missing_folder_or_file(tmp_path, saved):
 def test_saving_twice_replaces_both_files(saved):
     net, keep, small, folder, _ = saved
     kwargs = {k: v for k, v in net.config.items() if k != "name"}
-    _, keep2, small2 = pruned(net.config["name"], kwargs, [], list(keep), seed=zlib.crc32(b"2"))
-    save_pruned(small2, folder, network_config=net.config, keep=keep2, input_shape=(1, 28, 28))
+    net2, keep2 = pruned(net.config["name"], kwargs, [], list(keep), seed=zlib.crc32(b"2"))
+    assert net2.config == net.config
+    small2, _ = save_extracted(net2, keep2, folder)
     back = load_pruned(folder)
     assert {k: v.shape for k, v in back.state_dict().items()} == {
         k: v.shape for k, v in small2.state_dict().items()

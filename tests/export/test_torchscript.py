@@ -6,25 +6,7 @@ from torch import nn
 
 from bayesprune.export import ExportMismatchError, export_torchscript
 from bayesprune.export.torchscript import assert_outputs_close
-
-
-class SmallConvNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(4 * 4 * 4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
-
-
-class BakedBatch(nn.Module):
-    """Turns the batch size into a Python int, which tracing freezes."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * int(x.shape[0])
+from tests.helpers import BakedBatch, SmallConvNet
 
 
 class TwoOutputs(nn.Module):
@@ -34,7 +16,7 @@ class TwoOutputs(nn.Module):
 
 def test_export_and_reload(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = SmallConvNet().train()  # exported in eval mode; flags restored afterwards
+    net = SmallConvNet(dropout=0.5).train()  # exported in eval mode; flags restored afterwards
     path = export_torchscript(net, torch.randn(2, 1, 4, 4), tmp_path / "sub" / "net.pt")
     assert path == tmp_path / "sub" / "net.pt"
     assert all(m.training for m in net.modules())

@@ -4,7 +4,6 @@ path -- exact in expectation for losses multilinear in the gates, biased otherwi
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pyro
@@ -15,25 +14,13 @@ import torch.nn as nn
 from bayesprune import sparsify
 from bayesprune.distributions import optimal_prior_prob
 from bayesprune.guides import MAP, MeanField
-from bayesprune.guides.base import key
 from bayesprune.inference import FusedELBO
 from bayesprune.priors import HALO, UnitGates
 from bayesprune.priors.gates import probs_key
+from tests.helpers import configuration_weight, configurations, mlp, set_gates
 
 F64 = torch.float64
 GUIDES = {"map": MAP, "mean_field": lambda net: MeanField(net, init_scale=0.05)}
-
-
-def mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-
-
-def set_theta(guide, **theta: list[float]) -> None:
-    """``set_theta(guide, **{"0": [...]})``: put the gate probabilities of layer "0"."""
-    with torch.no_grad():
-        for layer, values in theta.items():
-            p = guide.gate_probs[key(f"{layer}.gate")]
-            p.copy_(torch.tensor(values, dtype=p.dtype))
 
 
 # --- parameters ---------------------------------------------------------------------------
@@ -41,7 +28,7 @@ def set_theta(guide, **theta: list[float]) -> None:
 
 @pytest.mark.parametrize("name", GUIDES)
 def test_gate_parameters(name):
-    net = sparsify(mlp(), UnitGates(gamma=2.0, init_prob=0.8, weight_prior=HALO()))
+    net = sparsify(mlp(3, 4, 3, 2), UnitGates(gamma=2.0, init_prob=0.8, weight_prior=HALO()))
     guide = GUIDES[name](net)
     assert sorted(guide.gate_probs) == ["0/gate", "2/gate"]
     assert torch.equal(guide.gate_probs["0/gate"], torch.full((4,), 0.8))
@@ -50,7 +37,7 @@ def test_gate_parameters(name):
     assert roles["gate"][0] is guide.gate_probs["0/gate"]
     assert roles.get("gate_prob", []) == []  # π is not a parameter: it sits at π*(θ)
     # a freshly built guide loads the state
-    set_theta(guide, **{"0": [0.1, 0.2, 0.3, 0.4]})
+    set_gates(guide, {"0": [0.1, 0.2, 0.3, 0.4]})
     other = GUIDES[name](net)
     other.load_state_dict(guide.state_dict())
     assert torch.equal(other.gate_probs["0/gate"], guide.gate_probs["0/gate"])
@@ -58,10 +45,10 @@ def test_gate_parameters(name):
 
 @pytest.mark.parametrize("name", GUIDES)
 def test_pyro_guide_draws_bernoulli_gates_and_puts_pi_at_its_optimum(name):
-    net = sparsify(mlp(), UnitGates(gamma=3.0))
+    net = sparsify(mlp(3, 4, 3, 2), UnitGates(gamma=3.0))
     guide = GUIDES[name](net)
     theta = [0.0, 0.25, 0.75, 1.0]
-    set_theta(guide, **{"0": theta})
+    set_gates(guide, {"0": theta})
     tr = pyro.poutine.trace(guide).get_trace()
     z = tr.nodes["0.gate"]["value"]
     assert set(z.tolist()) <= {0.0, 1.0} and z[0] == 0 and z[3] == 1
@@ -81,9 +68,9 @@ def test_pyro_guide_draws_bernoulli_gates_and_puts_pi_at_its_optimum(name):
 
 
 def test_fused_draw_is_hard_with_a_straight_through_gradient():
-    net = sparsify(mlp(), UnitGates(gamma=3.0))
+    net = sparsify(mlp(3, 4, 3, 2), UnitGates(gamma=3.0))
     guide = MAP(net)
-    set_theta(guide, **{"0": [0.0, 0.3, 0.6, 1.0]})
+    set_gates(guide, {"0": [0.0, 0.3, 0.6, 1.0]})
     site = net.site("0.gate")
     torch.manual_seed(4)
     draws = []
@@ -99,7 +86,7 @@ def test_fused_draw_is_hard_with_a_straight_through_gradient():
     torch.testing.assert_close(z_all, hard, rtol=0, atol=2 * torch.finfo(z_all.dtype).eps)
     torch.testing.assert_close(z_all.mean(0), torch.tensor([0.0, 0.3, 0.6, 1.0]), atol=0.03, rtol=0)
     theta = guide.gate_probs["0/gate"]
-    set_theta(guide, **{"0": [0.2, 0.3, 0.6, 0.8]})
+    set_gates(guide, {"0": [0.2, 0.3, 0.6, 0.8]})
     z, _ = guide.rsample_site(site)
     (grad,) = torch.autograd.grad((z * torch.arange(1.0, 5.0)).sum(), theta)
     assert torch.equal(grad, torch.arange(1.0, 5.0))  # ∂z/∂θ = 1
@@ -111,9 +98,9 @@ def test_fused_draw_is_hard_with_a_straight_through_gradient():
 
 
 def test_point_is_the_median_gate_and_keeps_theta():
-    net = sparsify(mlp(), UnitGates(gamma=3.0))
+    net = sparsify(mlp(3, 4, 3, 2), UnitGates(gamma=3.0))
     guide = MAP(net)
-    set_theta(guide, **{"0": [0.0, 0.5, 0.51, 1.0]})
+    set_gates(guide, {"0": [0.0, 0.5, 0.51, 1.0]})
     point = guide.point()
     assert torch.equal(point["0.gate"], torch.tensor([0.0, 0.0, 1.0, 1.0]))
     assert torch.equal(point[probs_key("0.gate")], torch.tensor([0.0, 0.5, 0.51, 1.0]))
@@ -122,9 +109,9 @@ def test_point_is_the_median_gate_and_keeps_theta():
 
 @pytest.mark.parametrize("name", GUIDES)
 def test_project_puts_theta_back_into_the_unit_interval(name):
-    net = sparsify(mlp(), UnitGates(gamma=3.0))
+    net = sparsify(mlp(3, 4, 3, 2), UnitGates(gamma=3.0))
     guide = GUIDES[name](net)
-    set_theta(guide, **{"0": [-0.5, 0.3, 1.7, 1.0], "2": [2.0, -1e-9, 0.5]})
+    set_gates(guide, {"0": [-0.5, 0.3, 1.7, 1.0], "2": [2.0, -1e-9, 0.5]})
     # a draw already treats θ as clamped
     values, _ = guide.rsample()
     assert values["0.gate"].detach()[0] == 0 and values["0.gate"].detach()[2] == 1
@@ -140,7 +127,7 @@ def test_a_gate_at_one_whose_price_outweighs_its_use_is_pruned():
     with torch.no_grad():
         net.module[1].weight.zero_()  # the gated units are useless
     guide = MAP(net)
-    set_theta(guide, **{"0": [1.0, 1.0, 1.0, 1.0]})
+    set_gates(guide, {"0": [1.0, 1.0, 1.0, 1.0]})
     x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
     loss = FusedELBO()(net, guide, x, y, n_data=8)
     (grad,) = torch.autograd.grad(loss, guide.gate_probs["0/gate"])
@@ -150,22 +137,11 @@ def test_a_gate_at_one_whose_price_outweighs_its_use_is_pruned():
 # --- the straight-through estimator -----------------------------------------------------------
 
 
-def configurations(sizes: list[int]):
-    """Every joint 0/1 assignment of gates with the given sizes."""
-    total = sum(sizes)
-    for bits in itertools.product([0.0, 1.0], repeat=total):
-        z = torch.tensor(bits, dtype=F64)
-        yield list(torch.split(z, sizes))
-
-
 def exact_expectation(loss_of_z, thetas: list[torch.Tensor]) -> torch.Tensor:
     """``E_{z ~ Bern θ}[loss(z)]`` by enumeration, differentiable in θ."""
     total = torch.zeros((), dtype=F64)
     for zs in configurations([t.numel() for t in thetas]):
-        w = torch.ones((), dtype=F64)
-        for z, t in zip(zs, thetas, strict=True):
-            w = w * torch.where(z > 0, t, 1 - t).prod()
-        total = total + w * loss_of_z(zs)
+        total = total + configuration_weight(zs, thetas) * loss_of_z(zs)
     return total
 
 
@@ -177,7 +153,7 @@ def test_straight_through_is_unbiased_for_a_multilinear_loss():
     module = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3), nn.Linear(3, 2)).to(F64)
     net = sparsify(module, UnitGates(gamma=1.0), layers=["0", "1"])
     guide = MAP(net)
-    set_theta(guide, **{"0": [0.2, 0.5, 0.7, 0.9], "1": [0.3, 0.6, 0.8]})
+    set_gates(guide, {"0": [0.2, 0.5, 0.7, 0.9], "1": [0.3, 0.6, 0.8]})
     x = torch.randn(5, 3, dtype=F64)
     c = torch.randn(5, 2, dtype=F64)
     thetas = [guide.gate_probs["0/gate"], guide.gate_probs["1/gate"]]
@@ -212,7 +188,7 @@ def test_straight_through_is_biased_for_a_nonlinear_loss():
         module[1].weight.copy_(torch.tensor([[0.5, -2.0]]))  # a = (0.5, −2)
     net = sparsify(module, UnitGates(gamma=1.0), layers=["0"])
     guide = MAP(net)
-    set_theta(guide, **{"0": [0.2, 0.7]})
+    set_gates(guide, {"0": [0.2, 0.7]})
     theta = guide.gate_probs["0/gate"]
     x, y = torch.ones(1, 1, dtype=F64), 3.0
     a = torch.tensor([0.5, -2.0], dtype=F64)

@@ -8,20 +8,9 @@ import pytest
 import torch
 
 from bayesprune import sparsify
-from bayesprune.guides import MAP, Guide, guide_from_config
+from bayesprune.guides import MAP, guide_from_config
 from bayesprune.priors import HALO
-
-
-@pytest.fixture(params=["weight", "unit"])
-def net(request, nets):
-    torch.manual_seed(1)
-    return sparsify(nets["conv"](), HALO(per=request.param, init_scale=0.3))
-
-
-def perturb(guide: Guide) -> None:
-    with torch.no_grad():
-        for p in guide.parameters():
-            p.add_(torch.randn_like(p))
+from tests.helpers import perturb
 
 
 def test_parameters_exist_before_any_call_and_are_keyed_by_site(net):

@@ -12,18 +12,7 @@ import torch
 from bayesprune import sparsify
 from bayesprune.guides import MAP, MeanField, default_guide, guide_from_config
 from bayesprune.priors import HALO
-
-
-@pytest.fixture(params=["weight", "unit"])
-def net(request, nets):
-    torch.manual_seed(1)
-    return sparsify(nets["conv"](), HALO(per=request.param, init_scale=0.3))
-
-
-def perturb(guide) -> None:
-    with torch.no_grad():
-        for p in guide.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+from tests.helpers import perturb
 
 
 @pytest.mark.parametrize(("scales", "scale_kind"), [("delta", "delta"), ("lognormal", "lognormal")])
@@ -58,7 +47,7 @@ def test_initial_state(net, scales):
 @pytest.mark.parametrize("scales", ["delta", "lognormal"])
 def test_state_dict_round_trip_into_a_fresh_guide(net, scales):
     guide = MeanField(net, init_scale=0.05, scales=scales)
-    perturb(guide)
+    perturb(guide, 0.1)
     fresh = MeanField(net, init_scale=0.05, scales=scales)
     fresh.load_state_dict(guide.state_dict())  # strict: every parameter exists from __init__
     for k, v in guide.point().items():
@@ -112,7 +101,7 @@ def test_sample_shapes_and_spread(net, scales):
 @pytest.mark.parametrize("scales", ["delta", "lognormal"])
 def test_rsample_log_q_equals_the_distributions_and_the_pyro_guide(net, scales):
     guide = MeanField(net, init_scale=0.2, scales=scales)
-    perturb(guide)
+    perturb(guide, 0.1)
     torch.manual_seed(3)
     values, log_q = guide.rsample()
     expected = sum(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bayesprune.inference import CheckpointError, load_checkpoint, save_checkpoint
+from tests.helpers import assert_same
 
 ckpt_module = importlib.import_module("bayesprune.inference.checkpoint")
 
@@ -19,17 +20,6 @@ STATE = {
     "nested": {"a": [1, 2.5, "x"], "b": torch.ones(2, dtype=torch.int64)},
     "rng": torch.get_rng_state(),
 }
-
-
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype
-        elif isinstance(a[k], dict):
-            assert_same(a[k], b[k])
-        else:
-            assert a[k] == b[k]
 
 
 def test_round_trip(tmp_path):

@@ -18,6 +18,7 @@ from bayesprune.inference import CheckpointError, NonFiniteLossError, load_check
 from bayesprune.inference.resume import CHECKPOINT_FORMAT
 from bayesprune.nn import Gaussian
 from bayesprune.priors import HALO
+from tests.helpers import assert_same_fit, go, records
 
 fit_module = importlib.import_module("bayesprune.inference.fit")
 
@@ -35,32 +36,6 @@ def build(nets):
         return net, g
 
     return make
-
-
-def go(pair, data, **kwargs):
-    """``fit`` a ``(net, guide)`` pair from ``build``."""
-    net, guide = pair
-    return fit(net, data, guide, **kwargs)
-
-
-def records(result):
-    """History without wall-clock times."""
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
-
-
-def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
-def assert_same_fit(r1, r2) -> None:
-    assert_same_state(r1.guide, r2.guide)
-    assert_same_state(r1.net, r2.net)
-    assert records(r1) == records(r2)
-    assert r1.elbo == r2.elbo
-    assert r1.elbo_steps == r2.elbo_steps
 
 
 def nan_likelihood_after(monkeypatch, net: BayesianNet, calls_ok: int) -> None:

@@ -17,17 +17,13 @@ from bayesprune.guides.base import key
 from bayesprune.inference import CheckpointError, load_checkpoint
 from bayesprune.priors import HALO, UnitGates
 from bayesprune.pruning.live import remove_units, removed_units
+from tests.helpers import assert_same_fit, go
 
 fit_module = importlib.import_module("bayesprune.inference.fit")
 
 # 128 examples: 8 steps per epoch; a fast learning rate for the gates so units die early
 KW = {"batch_size": 16, "lr": 1e-2, "role_lr": {"gate": 0.1}, "progress": False}
 HIDDEN = ("0", "2")
-
-
-def go(pair, data, **kwargs):
-    net, guide = pair
-    return fit(net, data, guide, **kwargs)
 
 
 def make(seed: int = 0, guide: str = "map", gamma: float = 0.3):
@@ -41,23 +37,6 @@ def make(seed: int = 0, guide: str = "map", gamma: float = 0.3):
 
 def widths(net) -> dict[str, int]:
     return {n: net.module.get_submodule(n).out_features for n in HIDDEN}
-
-
-def records(result):
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
-
-
-def assert_same_fit(a, b) -> None:
-    for x, y in ((a.guide, b.guide), (a.net, b.net)):
-        sx, sy = x.state_dict(), y.state_dict()
-        assert sx.keys() == sy.keys()
-        for k in sx:
-            assert torch.equal(sx[k], sy[k]), k
-    assert records(a) == records(b)
-    assert (a.elbo, a.elbo_steps) == (b.elbo, b.elbo_steps)
-    assert {n: u.tolist() for n, u in a.removed.items()} == {
-        n: u.tolist() for n, u in b.removed.items()
-    }
 
 
 def test_dead_units_are_removed_and_the_fit_keeps_learning(class_data):

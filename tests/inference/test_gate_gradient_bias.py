@@ -20,11 +20,8 @@ estimator once per draw, without the loop. Then:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator
-from unittest import mock
 
 import pytest
 import torch
@@ -35,24 +32,12 @@ from bayesprune.guides import MAP, MeanField
 from bayesprune.guides.base import key
 from bayesprune.inference import FusedELBO, TraceELBO
 from bayesprune.priors import HALO, Gaussian, UnitGates
-from tests.helpers import assert_fused_equals_trace
+from tests.helpers import assert_fused_equals_trace, forced_gates
 
 F64 = torch.float64
 THETA = [0.3, 0.6, 0.8, 0.45]
 N_DRAWS = 20_000
 N_DATA = 80
-
-
-@contextlib.contextmanager
-def forced_gates(z: torch.Tensor) -> Iterator[None]:
-    """Every ``torch.bernoulli`` call inside returns ``z`` (the one gate site's draw)."""
-
-    def fake(p: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        assert p.shape == z.shape
-        return z.to(p)
-
-    with mock.patch.object(torch, "bernoulli", fake):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,8 @@ and, on synthetic data, ``fit`` drives θ to the vertices and prunes more as γ 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator
-from unittest import mock
 
 import numpy as np
 import pyro
@@ -33,7 +30,13 @@ from bayesprune.guides.base import key
 from bayesprune.inference import FusedELBO, TraceELBO
 from bayesprune.nn import Gaussian as GaussianLikelihood
 from bayesprune.priors import HALO, Gaussian, UnitGates
-from tests.helpers import assert_fused_equals_trace
+from tests.helpers import (
+    assert_fused_equals_trace,
+    configuration_weight,
+    configurations,
+    forced_gates,
+    set_gates,
+)
 
 F64 = torch.float64
 
@@ -45,46 +48,6 @@ def tiny(hidden: tuple[int, int] = (3, 2)) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(2, h1), nn.Tanh(), nn.Linear(h1, h2), nn.Tanh(), nn.Linear(h2, 3)
     ).to(F64)
-
-
-def set_theta(guide, theta: dict[str, list[float]]) -> None:
-    with torch.no_grad():
-        for site, values in theta.items():
-            guide.gate_probs[key(site)].copy_(torch.tensor(values, dtype=F64))
-
-
-def configurations(net) -> Iterator[list[torch.Tensor]]:
-    """Every joint 0/1 value of the net's gates, one tensor per gate site."""
-    sizes = [s.shape[0] for s in net.gates]
-    for bits in itertools.product([0.0, 1.0], repeat=sum(sizes)):
-        yield list(torch.split(torch.tensor(bits, dtype=F64), sizes))
-
-
-def weight(zs: list[torch.Tensor], thetas: list[torch.Tensor]) -> torch.Tensor:
-    """``q(z) = Π θ^z (1 − θ)^(1 − z)``, differentiable in θ."""
-    w = torch.ones((), dtype=F64)
-    for z, t in zip(zs, thetas, strict=True):
-        w = w * torch.where(z > 0, t, 1 - t).prod()
-    return w
-
-
-@contextlib.contextmanager
-def forced_gates(zs: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """Make the ``torch.bernoulli`` calls inside -- the fused path's hard sample and Pyro's
-    ``Bernoulli.sample`` alike -- return the given gate values, in site order (zeros once
-    they run out); the other random draws (Normal weights) are left alone, so one seed gives
-    both paths the same ``W``. Yields the list of values actually drawn."""
-    queue = list(zs)
-    drawn: list[torch.Tensor] = []
-
-    def fake(p: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        z = queue.pop(0) if queue else torch.zeros_like(p)
-        assert z.shape == p.shape
-        drawn.append(z)
-        return z.to(p)
-
-    with mock.patch.object(torch, "bernoulli", fake):
-        yield drawn
 
 
 def loss_given(estimator, net, guide, zs, x, y, n_data, seed=0) -> torch.Tensor:
@@ -107,10 +70,10 @@ def exact_expected_loss(net, guide, x, y, n_data, seed=0) -> torch.Tensor:
     fixed = {k: (v.detach() if k in {s.name for s in net.gates} else v) for k, v in values.items()}
     total = log_q - net.log_prior(fixed, ctx)
     scale = n_data / x.shape[0]
-    for zs in configurations(net):
+    for zs in configurations([s.shape[0] for s in net.gates]):
         zs = [z.to(net.dtype) for z in zs]
         vals = dict(fixed, **{s.name: z for s, z in zip(net.gates, zs, strict=True)})
-        w = weight([z.double() for z in zs], [t.double() for t in thetas])
+        w = configuration_weight([z.double() for z in zs], [t.double() for t in thetas])
         total = total - w * scale * net.likelihood.log_prob(net.run(vals, x), y)
     return total
 
@@ -134,15 +97,15 @@ def test_fused_and_trace_elbo_have_the_same_expectation(guide_name, gamma, dtype
     At γ = 30 in float32 π* is below the float epsilon: the gate's Bernoulli must not clamp it."""
     net = sparsify(tiny().to(dtype), UnitGates(gamma=gamma, weight_prior=Gaussian(0.7)))
     guide = MAP(net) if guide_name == "map" else MeanField(net, init_scale=0.1)
-    set_theta(guide, {"0.gate": [0.15, 0.5, 0.8], "2.gate": [0.35, 0.9]})
+    set_gates(guide, {"0": [0.15, 0.5, 0.8], "2": [0.35, 0.9]})
     x = torch.randn(4, 2, dtype=dtype)
     y = torch.tensor([0, 1, 2, 1])
     thetas = [guide.gate_probs[key(s.name)].detach().double() for s in net.gates]
     expect = {"fused": 0.0, "trace": 0.0}
     gaps = []
-    for zs in configurations(net):
+    for zs in configurations([s.shape[0] for s in net.gates]):
         zs = [z.to(dtype) for z in zs]
-        w = float(weight([z.double() for z in zs], thetas))
+        w = float(configuration_weight([z.double() for z in zs], thetas))
         fused = float(loss_given(FusedELBO(), net, guide, zs, x, y, 40).detach())
         trace = float(loss_given(TraceELBO(), net, guide, zs, x, y, 40).detach())
         expect["fused"] += w * fused
@@ -158,7 +121,7 @@ def test_fused_and_trace_elbo_have_the_same_expectation(guide_name, gamma, dtype
 def test_model_sees_the_gate_prior_probability_at_its_optimum():
     net = sparsify(tiny(), UnitGates(gamma=4.0))
     guide = MAP(net)
-    set_theta(guide, {"0.gate": [0.0, 0.4, 1.0], "2.gate": [0.6, 0.2]})
+    set_gates(guide, {"0": [0.0, 0.4, 1.0], "2": [0.6, 0.2]})
     x, y = torch.randn(3, 2, dtype=F64), torch.tensor([0, 1, 2])
     guide_tr = poutine.trace(guide).get_trace(x, y, n_data=3)
     model_tr = poutine.trace(poutine.replay(net.model, trace=guide_tr)).get_trace(x, y, n_data=3)
@@ -183,15 +146,15 @@ def test_trace_elbo_gradient_is_unbiased():
     gradient of the expected loss."""
     net = sparsify(tiny((2, 2)), UnitGates(gamma=2.0))
     guide = MAP(net)
-    set_theta(guide, {"0.gate": [0.3, 0.7], "2.gate": [0.45, 0.8]})
+    set_gates(guide, {"0": [0.3, 0.7], "2": [0.45, 0.8]})
     x, y = torch.randn(4, 2, dtype=F64), torch.tensor([0, 1, 2, 1])
     exact = gate_grads(exact_expected_loss(net, guide, x, y, 4), guide)
     assert float(exact.abs().min()) > 0.05
     thetas = [guide.gate_probs[key(s.name)].detach() for s in net.gates]
     enumerated = torch.zeros_like(exact)
-    for zs in configurations(net):
+    for zs in configurations([s.shape[0] for s in net.gates]):
         g = gate_grads(loss_given(TraceELBO(), net, guide, zs, x, y, 4), guide)
-        enumerated += weight(zs, thetas) * g
+        enumerated += configuration_weight(zs, thetas) * g
     torch.testing.assert_close(enumerated, exact, rtol=1e-9, atol=1e-9)
     # Monte Carlo: Pyro's own draws
     elbo = TraceELBO(num_particles=1)
@@ -206,7 +169,7 @@ def test_trace_elbo_gradient_is_unbiased():
 
 def objective_on_grid(net, guide, x, y, n_data):
     def f(theta: np.ndarray) -> float:
-        set_theta(guide, {"0.gate": theta.tolist()})
+        set_gates(guide, {"0": theta.tolist()})
         with torch.no_grad():
             return float(exact_expected_loss(net, guide, x, y, n_data))
 
@@ -290,7 +253,7 @@ def test_halo_weights_under_fixed_gates_fused_equals_trace(guide_name, per):
     with torch.no_grad():
         for p in guide.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    set_theta(guide, {"0.gate": [1.0, 0.0, 1.0], "2.gate": [0.0, 1.0]})
+    set_gates(guide, {"0": [1.0, 0.0, 1.0], "2": [0.0, 1.0]})
     x, y = torch.randn(5, 2, dtype=F64), torch.tensor([0, 1, 2, 0, 1])
     params = [p for n, p in guide.named_parameters() if not n.startswith("gate_probs")]
     params += [p for _, p in net.deterministic_parameters()]
