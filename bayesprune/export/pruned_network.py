@@ -86,7 +86,15 @@ def build_pruned(arch: Mapping[str, Any]) -> nn.Module:
         for n in identity:
             keep[n] = KeepSet(identity=True, n_units=1)
         example = torch.zeros((1, *arch["input_shape"]))
-        module = extract(module, keep, example_input=example)
+        try:  # the surgery traces the network on this input: check that it can take it
+            with torch.no_grad():
+                module.eval()(example)
+        except (RuntimeError, IndexError) as e:
+            raise CheckpointError(
+                f"input_shape {arch['input_shape']} does not fit the network "
+                f"{dict(arch['network'])}: {type(e).__name__}: {e}"
+            ) from e
+        module = extract(module.train(), keep, example_input=example)
     return module
 
 
