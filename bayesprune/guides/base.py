@@ -78,13 +78,20 @@ class Guide(nn.Module, ABC):
             raise UnsupportedError(
                 f"{type(self).__name__}: expected a BayesianNet (from sparsify), got {type(net).__name__}"
             )
-        # plain tuple: the guide must not register the net's parameters as its own
-        self.sites: tuple[Site, ...] = net.sites
+        # a plain reference, not a submodule: the guide must not register the net's
+        # parameters as its own (nor save them in its state dict)
+        self.__dict__["_net"] = net
         # Bernoulli gates: q(z) = Bernoulli(θ), θ projected into [0, 1] after every step
         self.gate_probs = nn.ParameterDict()
         for s in self.sites:
             if s.role == "gate":
                 self.gate_probs[key(s.name)] = nn.Parameter(net.initial_value(s).detach().clone())
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """The sites of the net the guide was built for, read from the net (so they follow
+        its live unit removals, which slice the guide's parameters alike)."""
+        return self._net.sites
 
     # --- to implement for the non-gate sites ------------------------------------------
     @abstractmethod
@@ -253,6 +260,15 @@ def check_pair(who: str, net: object, guide: object) -> None:
         )
     mine = [(s.name, s.shape) for s in net.sites]
     theirs = [(s.name, s.shape) for s in guide.sites]
+    if mine == theirs:  # the guide's parameters must still fit them (another guide of this
+        # net, left out of a live removal, describes the old shapes)
+        sized = {
+            k: tuple(p.shape)
+            for _, pd in guide.named_children()
+            if isinstance(pd, nn.ParameterDict)
+            for k, p in pd.items()
+        }
+        theirs = [(s.name, sized.get(key(s.name), s.shape)) for s in guide.sites]
     if mine != theirs:
         raise ConfigError(
             f"{who}: guide does not match net: it was built for other sites ({theirs}; the "

@@ -315,6 +315,36 @@ def _in_branch(name: str, block: str, shortcut: str) -> bool:
     return name.startswith(block + ".") and not (name + ".").startswith(shortcut + ".")
 
 
+def _collapsed(
+    net: BayesianNet | nn.Module,
+    keep: dict[str, KeepSet],
+    example_input: Tensor | None,
+    *,
+    replace_blocks: bool = False,
+    check_blocks: bool = False,
+) -> tuple[nn.Module, tp.DependencyGraph | None, list[tuple[nn.Module, list[int]]]]:
+    """The steps :func:`masked_copy` and :func:`extract` share: a deep copy of the network
+    with values written, masks multiplied in, identity blocks zeroed (with
+    ``replace_blocks`` swapped for their shortcuts, checked on the example input with
+    ``check_blocks``) and every dropped unit's output zeroed. Returns the copy, its
+    dependency graph and the plan (``None`` and ``[]`` when no keep-set removes units)."""
+    if example_input is None and isinstance(net, BayesianNet):
+        example_input = net.example_input
+    module = copy.deepcopy(_plain(net))
+    _check(module, keep)
+    _apply_values_and_masks(module, keep)
+    check_on = example_input if check_blocks else None
+    keep = _identity_blocks(module, keep, replace=replace_blocks, check_on=check_on)
+    if not any(k.units is not None for k in keep.values()):
+        return module, None, []
+    dg = dependency_graph(module, example_input)
+    _zero_kept_units(module, dg, keep)
+    plan = _plan(module, dg, keep)
+    for layer, drop in plan:  # out-channels of planned layers are untouched by earlier groups
+        _zero_out_channels(dg, _group(dg, layer, drop))
+    return module, dg, plan
+
+
 def masked_copy(
     net: BayesianNet | nn.Module,
     keep: dict[str, KeepSet],
@@ -322,18 +352,16 @@ def masked_copy(
     example_input: Tensor | None = None,
 ) -> nn.Module:
     """The collapsed model: a deep copy of the network, same shapes, with values written,
-    masks multiplied in and every dropped unit's output zeroed. See the module docstring."""
-    if example_input is None and isinstance(net, BayesianNet):
-        example_input = net.example_input
-    module = copy.deepcopy(_plain(net))
-    _check(module, keep)
-    _apply_values_and_masks(module, keep)
-    keep = _identity_blocks(module, keep)
-    if any(k.units is not None for k in keep.values()):
-        dg = dependency_graph(module, example_input)
-        _zero_kept_units(module, dg, keep)
-        for layer, drop in _plan(module, dg, keep):
-            _zero_out_channels(dg, _group(dg, layer, drop))
+    masks multiplied in and every dropped unit's output zeroed. See the module docstring.
+
+    >>> import torch, torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    >>> masked = masked_copy(net, {"0": KeepSet(units=torch.tensor([0, 3]), n_units=6)},
+    ...                      example_input=torch.zeros(1, 4))
+    >>> masked[0].weight.shape, int((masked[0].weight.abs().sum(1) > 0).sum())
+    (torch.Size([6, 4]), 2)
+    """
+    module, _, _ = _collapsed(net, keep, example_input)
     return module
 
 
@@ -362,21 +390,12 @@ def extract(
     """
     if example_input is None and isinstance(net, BayesianNet):
         example_input = net.example_input
-    module = copy.deepcopy(_plain(net))
-    _check(module, keep)
-    _apply_values_and_masks(module, keep)
-    keep = _identity_blocks(module, keep, replace=True, check_on=example_input if check else None)
-    if any(k.units is not None for k in keep.values()):
-        dg = dependency_graph(module, example_input)
-        _zero_kept_units(module, dg, keep)
-        plan = _plan(module, dg, keep)
-        for layer, drop in plan:  # out-channels of planned layers are untouched by earlier groups
-            _zero_out_channels(dg, _group(dg, layer, drop))
-        before = _outputs(module, example_input) if check and plan else None
-        for layer, drop in plan:
-            _group(dg, layer, drop).prune(record_history=False)
-        if before is not None:
-            _compare(before, _outputs(module, example_input))
+    module, dg, plan = _collapsed(net, keep, example_input, replace_blocks=True, check_blocks=check)
+    before = _outputs(module, example_input) if check and plan else None
+    for layer, drop in plan:
+        _group(dg, layer, drop).prune(record_history=False)
+    if before is not None:
+        _compare(before, _outputs(module, example_input))
     return module
 
 

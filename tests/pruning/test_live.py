@@ -339,7 +339,7 @@ def test_sites_are_rebuilt_with_per_unit_prices_sliced_and_fan_in_recomputed():
     assert net.site("conv1.gate") is old["conv1.gate"]  # untouched layers keep their sites
     assert net.replacing == tuple(s for s in net.sites if s.replaces is not None)
     assert net.gates == tuple(s for s in net.sites if s.role == "gate")
-    assert g.sites is net.sites
+    assert g.sites == net.sites  # both read from net.layer_sites
     assert original_sites(net) == tuple(old.values())
 
 
@@ -392,7 +392,8 @@ def test_bad_keep_maps_raise_and_change_nothing(keep, error, match):
         remove_units(net, g, keep, opt)
     for a, b in zip((net.state_dict(), g.state_dict()), before, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert net.sites is sites and g.sites is sites and removed_units(net) == {}
+    assert all(a is b for a, b in zip(net.sites, sites, strict=True))
+    assert g.sites == sites and removed_units(net) == {}
     assert all(p is q for p, q in zip([*net.parameters(), *g.parameters()], params, strict=True))
     assert [p for group in opt.param_groups for p in group["params"]] == [*g.parameters(), *det]
 
@@ -419,3 +420,11 @@ def test_no_example_input_and_foreign_guide():
     other = sparsify(build("lenet300", in_features=16, hidden=(11, 10), n_classes=3), UnitGates())
     with pytest.raises(ValueError, match="other sites"):
         remove_units(net, MAP(other), {"fc1": [0]})
+
+
+def test_a_guide_left_out_of_a_removal_no_longer_matches_its_net():
+    net, g, _, _, _ = _setup("lenet300")
+    stale = MAP(net)
+    remove_units(net, g, {"fc1": [0, 1, 2]})
+    with pytest.raises(ValueError, match="guide does not match net"):
+        remove_units(net, stale, {"fc1": [0]})
