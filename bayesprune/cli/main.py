@@ -164,6 +164,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if start is not None and started is not None:
             save_weights(start, run.pretrained, {"network": spec.network_config()})
             run.update_metrics("pretrain", started)
+            acc = started.get("final", {}).get("val_accuracy")
+            if "epochs" in started:  # trained here: [pretrain]
+                print(
+                    f"pretrain done: {started['epochs']} dense epochs in "
+                    f"{started['seconds']:.1f}s"
+                    + (f", validation accuracy {100 * acc:.2f}%" if acc is not None else "")
+                )
     kw = spec.fit_kwargs()
     log.info(
         "fitting %s on %s: %d sites over layers %s",

@@ -2,7 +2,8 @@
 
 ``python ddp_fit.py OUT`` writes ``OUT/<case>-rank<r>.pt`` for every case: the final state
 of net and guide, the examples each process saw in the first epoch, the history, the units
-removed. Run with ``torchrun --nproc_per_node=2`` for the data-parallel fits.
+removed. Run with ``torchrun --nproc_per_node=2`` for the data-parallel fits, and with the
+repository on ``PYTHONPATH`` (for ``tests.helpers``; the test sets it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bayesprune.inference import evaluate
 from bayesprune.inference.distributed import Replicas
 from bayesprune.methods import train
 from bayesprune.priors import HALO, HyperSparse, Jackpot, UnitGates
+from tests import helpers  # importable: torchrun runs this with PYTHONPATH=<repo>
 
 N_TRAIN, GLOBAL_BATCH = 192, 32  # 6 steps per epoch
 
@@ -32,7 +34,7 @@ def data():
 
 def mlp() -> torch.nn.Module:
     torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    return helpers.mlp(8, 16, 3)
 
 
 class Seen:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import assert_same
+
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 spec = importlib.util.spec_from_file_location("ddp_fit", HERE / "ddp_fit.py")
@@ -45,12 +47,6 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
         case: [torch.load(out / f"{case}-rank{r}.pt", weights_only=True) for r in (0, 1)]
         for case in ("halo", "gates", "resumed", "jackpot", "hypersparse")
     } | {"folder": out}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.mark.parametrize("case", ["halo", "gates"])
