@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the run folder's checkpoint"
     )
     f.add_argument("--seed", type=int, help="override [fit] seed")
+    f.add_argument(
+        "--resume-override",
+        nargs="+",
+        default=(),
+        metavar="SETTING",
+        help="with --resume: settings that may differ from the checkpoint's (e.g. schedule "
+        "to lengthen a cosine fit, seed); by default a difference is an error naming it",
+    )
     f.add_argument("--data-root", type=Path, help="folder holding the data set files")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument(
@@ -133,6 +141,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise CheckpointError(f"--resume: no checkpoint at {run.checkpoint}")
         saved = Spec.from_dict(run.read_json(run.spec), source=str(run.spec))
         saved.fit["epochs"] = spec.fit["epochs"]
+        if args.seed is not None:  # the checkpoint's guard says whether it may differ
+            saved.fit["seed"] = args.seed
         if args.device is not None:
             saved.fit["device"] = args.device
         for key in ("augment", "workers"):  # how batches are made, not what is fitted
@@ -187,6 +197,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         val=data.val,
         checkpoint=run.checkpoints,
         resume=args.resume,
+        resume_override=tuple(args.resume_override),
         progress=not args.no_progress,
         **kw,
     )

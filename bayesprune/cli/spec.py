@@ -54,6 +54,7 @@ from bayesprune.data.augment import AUGMENTATIONS, augmented_loader
 from bayesprune.errors import DataError, SpecError
 from bayesprune.guides import guide_from_config
 from bayesprune.guides.base import Guide
+from bayesprune.inference.losses import LOSSES
 from bayesprune.inference.optimizer import OPTIMIZERS
 from bayesprune.inference.schedules import make_schedule
 from bayesprune.nn import BayesianNet, sparsify
@@ -82,9 +83,6 @@ FIT_DEFAULTS: dict[str, Any] = {
     "remove_dead": False,
 }
 COLLAPSE_KEYS = ("keep", "threshold", "scope", "by")
-#: ``[fit] loss`` values (``inference.losses.loss_from_name``; building the compiled one
-#: to check a name would cost seconds)
-LOSSES = ("fused", "compiled", "trace")
 
 
 def _layers(value: Any, where: str) -> Any:

@@ -174,6 +174,16 @@ def test_resume_with_more_epochs_continues(run_copy):
     assert json.loads((run / "metrics.json").read_text())["fit"]["epochs"] == 3
 
 
+def test_resume_with_another_seed_fails_unless_overridden(run_copy):
+    spec, run = run_copy
+    argv = ["fit", str(spec), "--out", str(run), "--resume", "--epochs", "3", "--seed", "7"]
+    code, _, err = run_main([*argv, "--no-progress"])
+    assert code == 2 and "seed" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main([*argv, "--resume-override", "seed", "--no-progress"])
+    assert code == 0, err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
+
+
 def test_resume_without_a_checkpoint_fails(done, tmp_path):
     spec, _, _, _ = done
     code, _, err = run_main(["fit", str(spec), "--out", str(tmp_path / "new"), "--resume"])
