@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import math
+import re
 from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 import torch
@@ -238,3 +241,54 @@ class BakedBatch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * int(x.shape[0])
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_string(s: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_key(k: str) -> str:
+    """A TOML key: bare when it can be, quoted otherwise."""
+    return k if _BARE_KEY.fullmatch(k) else toml_string(k)
+
+
+def toml_value(v: Any) -> str:
+    """A Python value (bool, int, float incl. nan/inf, str, list, dict) as a TOML value."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return toml_string(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise AssertionError(type(v))
+
+
+def toml_document(doc: dict[str, dict[str, Any]]) -> str:
+    """``{section: {key: value}}`` as a TOML document."""
+    lines = []
+    for section, table in doc.items():
+        lines.append(f"[{toml_key(section)}]")
+        lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"

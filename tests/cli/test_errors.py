@@ -21,13 +21,6 @@ layers = ["fc1"]
 SPEC = TINY_SPEC_HEAD + PRIOR + "\n[fit]\nepochs = 1\nbatch_size = 64\n"
 
 
-@pytest.fixture
-def spec_file(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(SPEC)
-    return path
-
-
 @pytest.fixture(scope="module")
 def fitted_run(tmp_path_factory):
     """A run folder after a one-epoch fit (shared: tests only read it)."""

@@ -28,13 +28,6 @@ lr = 0.01
 )
 
 
-@pytest.fixture
-def spec_file(tmp_path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(SPEC)
-    return path
-
-
 def test_augment_trains_from_a_loader(spec_file, tmp_path):
     spec = Spec.load(spec_file)
     spec.data["augment"] = ["crop", "flip"]

@@ -62,16 +62,6 @@ def done(tmp_path_factory):
     return spec, run, fit, extract
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny ops: with 2 intra-op threads per xdist worker on a busy 2-core machine,
-    every op waits on a descheduled thread. One thread each."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def run_copy(done, tmp_path):
     spec, run, _, _ = done

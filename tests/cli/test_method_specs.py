@@ -74,14 +74,6 @@ lr = 1e-2
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fit_and_extract(tmp_path, text: str, name: str = "spec"):
     spec = tmp_path / f"{name}.toml"
     spec.write_text(text)

@@ -9,8 +9,6 @@ of every TOML type, so that most examples get past the parser into validation.
 from __future__ import annotations
 
 import inspect
-import math
-import re
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from bayesprune.cli.spec import COLLAPSE_KEYS, FIT_DEFAULTS, LOADER_KEYS, SECTIO
 from bayesprune.errors import SpecError
 from bayesprune.guides import _REGISTRY as GUIDES
 from bayesprune.priors import PRIORS
+from tests.helpers import toml_document
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -49,52 +48,6 @@ NAMES = {
     "prior": sorted(PRIORS),
     "guide": sorted(GUIDES),
 }
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def toml_string(s: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters escaped."""
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def toml_key(k: str) -> str:
-    return k if _BARE.fullmatch(k) else toml_string(k)
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return toml_string(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise AssertionError(type(v))
-
-
-def toml_document(doc: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for section, table in doc.items():
-        lines.append(f"[{toml_key(section)}]")
-        lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
 
 
 scalars = st.one_of(

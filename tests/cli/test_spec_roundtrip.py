@@ -21,31 +21,10 @@ import bayesprune.cli.main as cli
 from bayesprune.cli.spec import Spec
 from bayesprune.export import load
 from bayesprune.inference import load_checkpoint
-from tests.helpers import run_main
+from tests.helpers import run_main, toml_document
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SPECS = sorted(MODELS.glob("*.toml"))
-
-
-def toml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def to_toml(raw: dict) -> str:
-    return "".join(
-        f"[{sec}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()) + "\n"
-        for sec, table in raw.items()
-    )
 
 
 def tiny(raw: dict) -> tuple[dict, tuple[int, ...]]:
@@ -78,14 +57,6 @@ def tiny(raw: dict) -> tuple[dict, tuple[int, ...]]:
     return raw, shape
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_every_spec_is_covered():
     assert {p.stem for p in SPECS} >= {
         "halo-lenet300",
@@ -104,7 +75,7 @@ def test_every_spec_is_covered():
 def test_fit_extract_load_round_trip(path, tmp_path, monkeypatch):
     raw, shape = tiny(tomllib.loads(path.read_text()))
     spec_file = tmp_path / path.name
-    spec_file.write_text(to_toml(raw))
+    spec_file.write_text(toml_document(raw))
     spec = Spec.load(spec_file)  # the shipped options survive the rewrite
     original = spec.build_network()
 
