@@ -292,3 +292,20 @@ def toml_document(doc: dict[str, dict[str, Any]]) -> str:
         lines.append(f"[{toml_key(section)}]")
         lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items())
     return "\n".join(lines) + "\n"
+
+
+def small_art(**overrides: Any):
+    """A HyperSparse prior whose ART phases run in a few epochs on tiny synthetic data."""
+    from bayesprune.priors import HyperSparse
+
+    kw = dict(
+        sparsity=0.8,
+        lambda_init=1e-2,
+        eta=2.0,
+        warmup=2,
+        window=1,
+        finetune=2,
+        tolerance=0.05,
+        max_regularise=3,
+    )
+    return HyperSparse(**(kw | overrides))

@@ -17,7 +17,7 @@ from bayesprune.priors import HyperSparse, from_config
 from bayesprune.priors.hypersparse_penalty import hypersparse_penalty, hypersparse_scale
 from bayesprune.priors.hypersparse_schedule import plan, stop_rule_fires, switch_epoch
 from bayesprune.sites import Context
-from tests.helpers import assert_fused_equals_trace, mlp
+from tests.helpers import assert_fused_equals_trace, mlp, small_art
 
 
 def direct_hs(ws: list[torch.Tensor], kappa: float) -> torch.Tensor:
@@ -132,16 +132,7 @@ def test_stop_rule_fires_on_the_moving_average():
 def test_end_to_end_sparsify_fit_collapse_extract():
     data = synthetic_classification(256, 128, 0, input_shape=(8,), n_classes=3, seed=1)
     torch.manual_seed(0)
-    prior = HyperSparse(
-        sparsity=0.8,
-        lambda_init=1e-2,
-        eta=2.0,
-        warmup=2,
-        window=1,
-        finetune=2,
-        tolerance=0.05,
-        max_regularise=3,
-    )
+    prior = small_art()
     net = sparsify(mlp(8, 16, 12, 3), prior)
     result = fit(net, data, epochs=20, batch_size=32, lr=1e-2, progress=False)
     phases = [h["phase"] for h in result.history]

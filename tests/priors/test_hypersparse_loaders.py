@@ -14,9 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bayesprune import fit, sparsify
 from bayesprune.data import Split, synthetic_classification
-from bayesprune.priors import HyperSparse
 from bayesprune.priors.hypersparse_schedule import validation_split
-from tests.helpers import mlp
+from tests.helpers import mlp, small_art
 
 DATA = synthetic_classification(192, 64, 0, input_shape=(8,), n_classes=3, seed=2)
 KEYS = ("epoch", "phase", "alpha", "dense_val_accuracy", "pruned_val_accuracy", "stop_rule")
@@ -25,16 +24,7 @@ KEYS = ("epoch", "phase", "alpha", "dense_val_accuracy", "pruned_val_accuracy", 
 def art_history(val) -> list[dict]:
     torch.manual_seed(0)
     start = mlp(8, 16, 12, 3)
-    prior = HyperSparse(
-        sparsity=0.8,
-        lambda_init=1e-2,
-        eta=2.0,
-        warmup=2,
-        window=1,
-        finetune=1,
-        tolerance=0.05,
-        max_regularise=6,
-    )
+    prior = small_art(finetune=1, max_regularise=6)
     net = sparsify(copy.deepcopy(start), prior)
     result = fit(net, DATA, epochs=12, batch_size=32, lr=1e-2, val=val, progress=False)
     return [{k: h.get(k) for k in KEYS} for h in result.history]
