@@ -216,9 +216,11 @@ class Spec:
                 raise SpecError(
                     f"{self.source}: [fit] {k} must be a positive integer, got {f[k]!r}"
                 )
-        if not isinstance(f["remove_dead"], bool):
+        rd = f["remove_dead"]
+        if not isinstance(rd, bool) and not (isinstance(rd, int) and rd >= 1):
             raise SpecError(
-                f"{self.source}: [fit] remove_dead must be true or false, got {f['remove_dead']!r}"
+                f"{self.source}: [fit] remove_dead must be true, false or a number of steps "
+                f">= 1, got {rd!r}"
             )
         if not isinstance(f["lr"], (int, float)) or not f["lr"] > 0:
             raise SpecError(f"{self.source}: [fit] lr must be a number > 0, got {f['lr']!r}")

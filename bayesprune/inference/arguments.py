@@ -51,5 +51,9 @@ def check_fit_arguments(
         _positive_int("n_data", n_data)
     if resume and checkpoint is None:
         raise ConfigError("fit: resume=True needs checkpoint=<folder>")
-    if not isinstance(remove_dead, bool):
-        raise ConfigError(f"fit: remove_dead must be True or False, got {remove_dead!r}")
+    if not isinstance(remove_dead, bool) and not (
+        isinstance(remove_dead, int) and remove_dead >= 1
+    ):
+        raise ConfigError(
+            f"fit: remove_dead must be True, False or a number of steps >= 1, got {remove_dead!r}"
+        )

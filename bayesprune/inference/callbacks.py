@@ -119,11 +119,11 @@ def register_restorer(fn: Callable[[FitState, dict[str, Any]], None]) -> None:
         RESTORERS.append(fn)
 
 
-def fit_option(name: str) -> Any:
-    """A new callback for ``fit(name=True)``."""
+def fit_option(name: str, *args: Any) -> Any:
+    """A new callback for ``fit(name=True)`` (``fit(name=value)``: built with ``value``)."""
     if name not in FIT_OPTIONS:
         raise RuntimeError(
             f"fit: {name}=True needs its callback, registered when bayesprune is imported "
             "(import bayesprune, not only bayesprune.inference)"
         )
-    return FIT_OPTIONS[name]()
+    return FIT_OPTIONS[name](*args)

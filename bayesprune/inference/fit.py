@@ -83,7 +83,7 @@ def fit(
     progress: bool = True,
     log_every: int = 50,
     validate: bool = True,
-    remove_dead: bool = False,
+    remove_dead: bool | int = False,
 ) -> FitResult:
     """Fit the posterior of ``net`` by stochastic variational inference.
 
@@ -164,7 +164,10 @@ def fit(
         unit-gate priors only, a no-op for others), so later epochs run on a smaller
         network; ``history[i]["units"]`` shows the units alive per layer and
         ``history[i]["removed"]`` those removed. Checkpoints record the removals
-        (original indexing) and ``resume`` replays them on a freshly built net.
+        (original indexing) and ``resume`` replays them on a freshly built net. An integer
+        ``N`` also removes them every ``N`` optimizer steps (counted over the whole fit), so
+        units that die early stop costing before the epoch ends; each check reads the gate
+        probabilities back from the device (one host sync per ``N`` steps).
     :returns: :class:`~bayesprune.inference.FitResult`. At the end, ``net.module`` holds the
         posterior point estimate (``guide.point()``) of every weight a site replaces
         (:func:`write_back`), so it is the fitted network; the guide holds the posterior.
@@ -215,8 +218,10 @@ def fit(
         n_data=n_data,
     )
     callbacks = [*net.prior.fit_callbacks(), *callbacks]
-    if remove_dead:
+    if remove_dead is True:
         callbacks.insert(0, fit_option("remove_dead"))
+    elif remove_dead:  # every so many steps, and at the end of every epoch
+        callbacks.insert(0, fit_option("remove_dead", remove_dead))
     loss_fn = loss_from_name(loss)
     dev = resolve_device(device, net.device)
     # the caller's RNG state comes back after the fit (it seeds and draws from its own)

@@ -110,8 +110,11 @@ def gate_constants(
     >>> g.tolist(), round(float(log_z), 4)
     ([1.0, 2.0], -1.7028)
     """
-    gamma = torch.tensor(gammas, device=device, dtype=dtype)
-    return gamma, log_normalizer(gamma).sum()
+    # built as normal tensors even when first asked for under inference_mode (validation
+    # after a removal): a cached inference tensor could not be used by a later training step
+    with torch.inference_mode(False), torch.no_grad():
+        gamma = torch.tensor(gammas, device=device, dtype=dtype)
+        return gamma, log_normalizer(gamma).sum()
 
 
 def probs_key(site_name: str) -> str:

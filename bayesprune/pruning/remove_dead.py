@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.inference.callbacks import FitState, register_fit_option, register_restorer
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.nn.unit_origin import unit_origin
 from bayesprune.pruning.live import remove_units, replay_removals
 
 log = logging.getLogger(__name__)
@@ -52,18 +54,51 @@ class RemoveDeadUnits:
     far (original indexing) by :func:`~bayesprune.nn.unit_origin.removed_units`, which
     checkpoints store so a resumed fit redoes the removals first.
 
+    With ``every=N`` (``fit(..., remove_dead=N)``) the same rule also runs after every
+    ``N``-th optimizer step of the fit, so that units which die early stop costing
+    before the epoch ends; the epoch's ``removed`` then sums all its removals. Each check
+    reads θ back from the device: one host sync per ``N`` steps.
+
     >>> cb = RemoveDeadUnits()  # or fit(..., remove_dead=True)
+    >>> RemoveDeadUnits(every=50).every  # or fit(..., remove_dead=50)
+    50
     """
 
-    def __init__(self) -> None:
+    def __init__(self, every: int | None = None) -> None:
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or every < 1
+        ):
+            raise ConfigError(f"RemoveDeadUnits: every must be an integer >= 1, got {every!r}")
+        self.every = every
         self._futile: object = None  # a dead set that coupling kept from being removed
 
+    def on_step_end(self, state: FitState) -> None:
+        # global_step counts the steps done before this one
+        if self.every is not None and (state.global_step + 1) % self.every == 0:
+            self._remove(state)
+
     def on_epoch_end(self, state: FitState) -> None:
+        layers = self._remove(state)
+        if layers is None or not state.history:
+            return None
+        # derived from the widths, not counted: a fit resumed mid-epoch records the same
+        origin = unit_origin(state.net)
+        earlier: dict[str, int] = {}
+        for h in state.history[:-1]:
+            for n, k in (h.get("removed") or {}).items():
+                earlier[n] = earlier.get(n, 0) + k
+        state.history[-1]["removed"] = {
+            n: (origin.n_units.get(n, w) if origin else w) - w - earlier.get(n, 0)
+            for n, w in ((n, _width(state.net, n)) for n in layers)
+        }
+        return None
+
+    def _remove(self, state: FitState) -> list[str] | None:
+        """Remove the dead units now; the unit-gated layers, or ``None`` if there are none."""
         keep = dead_units_keep(state.net, state.guide)
         if keep is None:
             return None
         before = {n: _width(state.net, n) for n in keep}
-        removed = {n: 0 for n in before}
         signature = tuple((n, tuple(k.tolist())) for n, k in keep.items())
         if any(k.numel() < before[n] for n, k in keep.items()) and signature != self._futile:
             t0 = time.perf_counter()
@@ -77,9 +112,7 @@ class RemoveDeadUnits:
                 time.perf_counter() - t0,
                 {n: _width(state.net, n) for n in before},
             )
-        if state.history:
-            state.history[-1]["removed"] = removed
-        return None
+        return list(before)
 
 
 def _width(net: BayesianNet, layer: str) -> int:

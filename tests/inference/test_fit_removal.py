@@ -76,16 +76,18 @@ def test_without_unit_gates_removal_is_a_no_op(class_data):
         net = sparsify(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)), HALO())
         runs.append(fit(net, class_data, epochs=2, remove_dead=remove_dead, **KW))
     assert_same_fit(*runs)
-    with pytest.raises(ValueError, match="remove_dead must be True or False"):
-        fit(runs[0].net, class_data, epochs=1, remove_dead="yes", **KW)
+    for bad in ("yes", 0, -3, 2.5):
+        with pytest.raises(ValueError, match="remove_dead must be True, False or a number"):
+            fit(runs[0].net, class_data, epochs=1, remove_dead=bad, **KW)
 
 
 @pytest.mark.parametrize("guide", ["map", "mean_field"])
 @pytest.mark.parametrize(("kill", "every"), [(17, 8), (22, 3)])  # epoch 3: at its start, mid
+@pytest.mark.parametrize("remove_dead", [True, 5])
 def test_a_fit_killed_after_a_removal_resumes_exactly(
-    class_data, tmp_path, monkeypatch, guide, kill, every
+    class_data, tmp_path, monkeypatch, guide, kill, every, remove_dead
 ):
-    kw = {**KW, "epochs": 4, "remove_dead": True, "checkpoint_every": every}
+    kw = {**KW, "epochs": 4, "remove_dead": remove_dead, "checkpoint_every": every}
     straight = go(make(0, guide), class_data, checkpoint=tmp_path / "a", **kw)
     assert sum(sum(h["removed"].values()) for h in straight.history[2:]) > 0  # removals later on
 
@@ -134,7 +136,36 @@ def test_spec_fit_remove_dead():
         {"network": {"name": "lenet300"}, "prior": {"name": "gates"}, "fit": {"remove_dead": True}}
     )
     assert spec.fit_kwargs()["remove_dead"] is True
-    with pytest.raises(SpecError, match=r"\[fit\] remove_dead must be true or false"):
-        Spec.from_dict(
-            {"network": {"name": "lenet300"}, "prior": {"name": "gates"}, "fit": {"remove_dead": 1}}
+    every = {"network": {"name": "lenet300"}, "prior": {"name": "gates"}, "fit": {"remove_dead": 5}}
+    assert Spec.from_dict(every).fit_kwargs()["remove_dead"] == 5
+    for bad in (0, "yes"):
+        with pytest.raises(SpecError, match=r"\[fit\] remove_dead must be true, false or a"):
+            Spec.from_dict(
+                {
+                    "network": {"name": "lenet300"},
+                    "prior": {"name": "gates"},
+                    "fit": {"remove_dead": bad},
+                }
+            )
+
+
+def test_removal_every_few_steps_cuts_units_before_the_epoch_ends(class_data):
+    seen = []
+
+    class Widths:
+        def on_step_end(self, state):
+            seen.append((state.global_step + 1, sum(widths(state.net).values())))
+
+    runs, cuts = {}, {}
+    for remove_dead in (True, 2):
+        seen.clear()
+        net, guide = make(gamma=0.5)
+        runs[remove_dead] = fit(
+            net, class_data, guide, epochs=3, remove_dead=remove_dead, callbacks=[Widths()], **KW
         )
+        cuts[remove_dead] = next(step for step, w in seen if w < 32)
+    assert cuts[True] % 8 == 1  # seen after an epoch's last step, so at the next one
+    assert cuts[2] < cuts[True]  # removed before that epoch ended
+    # the epoch records sum every removal of the epoch
+    every = runs[2].history
+    assert sum(sum(h["removed"].values()) for h in every) == 32 - sum(widths(runs[2].net).values())

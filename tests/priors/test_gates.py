@@ -302,3 +302,14 @@ def test_gate_constants_are_built_once_per_prices_device_and_dtype():
     torch.testing.assert_close(log_z, log_normalizer(gamma).sum())
     assert gate_constants(gammas, torch.device("cpu"), torch.float64)[0] is gamma
     assert gate_constants(gammas, torch.device("cpu"), torch.float32)[0].dtype == torch.float32
+
+
+def test_gate_constants_first_built_under_inference_mode_serve_training():
+    from bayesprune.priors.gates import gate_constants
+
+    with torch.inference_mode():
+        gamma, log_z = gate_constants((0.25, 0.5, 0.75), torch.device("cpu"), torch.float32)
+    assert not gamma.is_inference() and not log_z.is_inference()
+    theta = torch.full((3,), 0.5, requires_grad=True)
+    (torch.dot(gamma, theta) + log_z).backward()  # autograd may save them
+    assert torch.equal(theta.grad, gamma)
