@@ -6,7 +6,8 @@ tensors, batch 128, Adam (fused) lr 1e-3; the figure is the ratio of median epoc
 
 With ``--gated-epochs N`` (N > 0) it also measures, on LeNet-5, the whole gated fit with
 dead units removed during training (``UnitGates(gamma=--gamma, cost="mixed")``, gates at
-learning rate ``--gate-lr``, ``fit(..., remove_dead=True)``) against plain training of the
+learning rate ``--gate-lr``, ``fit(..., remove_dead=True)``, or every ``--remove-every``
+steps) against plain training of the
 dense net for the same N epochs (wall time and test accuracy of both), and the latency of the extracted network
 (``collapse`` then ``extract``) against a dense LeNet-5 built directly with the same
 layer sizes (``bayesprune.metrics.paired_latency``, interleaved).
@@ -106,7 +107,9 @@ def compiled_fits(nets: list[str], data, epochs: int) -> dict:
     return out
 
 
-def gated_vs_plain(data, epochs: int, gamma: float = 8.0, gate_lr: float = 1e-2) -> dict:
+def gated_vs_plain(
+    data, epochs: int, gamma: float = 8.0, gate_lr: float = 1e-2, every: int | None = None
+) -> dict:
     """Whole gated LeNet-5 fit with live removal vs plain dense training, same epochs;
     then the extracted network's latency vs a dense LeNet-5 of the same layer sizes."""
     torch.manual_seed(0)
@@ -122,7 +125,7 @@ def gated_vs_plain(data, epochs: int, gamma: float = 8.0, gate_lr: float = 1e-2)
         role_lr={"gate": gate_lr},
         progress=False,
         validate=False,
-        remove_dead=True,
+        remove_dead=every or True,
     )
     gated_s = time.perf_counter() - t0
     small = bp.extract(net, bp.collapse(net, result.guide))
@@ -133,6 +136,7 @@ def gated_vs_plain(data, epochs: int, gamma: float = 8.0, gate_lr: float = 1e-2)
         "epochs": epochs,
         "gamma": gamma,
         "gate_lr": gate_lr,
+        "remove_every": every,
         "seconds": {"plain": plain_s, "gated": gated_s},
         "ratio": gated_s / plain_s,
         "test_accuracy": {
@@ -160,6 +164,9 @@ def main() -> None:
     ap.add_argument("--gated-epochs", type=int, default=0, help="epochs of the gated-fit section")
     ap.add_argument("--gamma", type=float, default=8.0, help="gate prior strength (gated fit)")
     ap.add_argument("--gate-lr", type=float, default=1e-2, help="gates' learning rate (gated fit)")
+    ap.add_argument(
+        "--remove-every", type=int, default=None, help="also remove dead units every N steps"
+    )
     ap.add_argument("--compiled-epochs", type=int, default=0, help="epochs of the compile section")
     ap.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "fit_overhead.json"
@@ -192,7 +199,7 @@ def main() -> None:
         "rounds": args.rounds,
     }
     gated = (
-        gated_vs_plain(data, args.gated_epochs, args.gamma, args.gate_lr)
+        gated_vs_plain(data, args.gated_epochs, args.gamma, args.gate_lr, args.remove_every)
         if args.gated_epochs > 0
         else None
     )
