@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from bayesprune.data.batches import TensorBatches
+from bayesprune.data.dataset import Split
 from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.guides import default_guide
 from bayesprune.guides.base import Guide
@@ -303,6 +304,8 @@ def _fit(
         net.example_input = net.example_input.to(dev)
     # in-memory targets are checked whole; a loader's by its first batch
     check_network(net, guide, x0, source.split.y if isinstance(source, TensorBatches) else y0)
+    if isinstance(val, Split):  # in-memory validation data too, before an epoch is spent
+        check_network(net, guide, val.x[:2].to(dev), val.y.to(dev), split="validation")
 
     state = _initial_state(
         net, guide, data, replicas, optimizer, lr, role_lr, weight_decay, schedule, epochs, source

@@ -104,8 +104,11 @@ def check_split(name: str, x: Tensor, y: Tensor) -> None:
         raise DataError(f"fit: the {name} split has NaN/Inf targets")
 
 
-def check_network(net: BayesianNet, guide: Guide, x: Tensor, y: Tensor) -> None:
-    """The network takes a batch of inputs and the likelihood takes its targets."""
+def check_network(
+    net: BayesianNet, guide: Guide, x: Tensor, y: Tensor, split: str = "training"
+) -> None:
+    """The network takes a batch of inputs and the likelihood takes its targets (``split``
+    names them in the error)."""
     with torch.no_grad():
         try:
             out = net.predict(guide.point(), x[:2])
@@ -113,7 +116,10 @@ def check_network(net: BayesianNet, guide: Guide, x: Tensor, y: Tensor) -> None:
             first = next((m for m in net.module.modules() if hasattr(m, "weight")), None)
             expects = f"; its first layer is {first}" if first is not None else ""
             raise DataError(
-                f"fit: the network cannot take the training inputs: a batch of shape "
+                f"fit: the network cannot take the {split} inputs: a batch of shape "
                 f"{tuple(x[:2].shape)} fails with {type(e).__name__}: {e}{expects}"
             ) from None
-    net.likelihood.check_targets(y, out.shape[-1])
+    try:
+        net.likelihood.check_targets(y, out.shape[-1])
+    except DataError as e:
+        raise DataError(f"fit: the {split} targets: {e}") from None

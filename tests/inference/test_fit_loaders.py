@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from bayesprune import fit, sparsify
 from bayesprune.data import Split
+from bayesprune.errors import DataError
 from bayesprune.guides import MAP, MeanField
 from bayesprune.inference import evaluate
 from bayesprune.priors import HALO
@@ -201,6 +202,21 @@ def test_a_loader_of_the_wrong_inputs_is_named(nets):
         ValueError, match=r"cannot take the training inputs: a batch of shape \(2, 5\)"
     ):
         fit(net, dl, g, epochs=1, **KW)
+
+
+def test_validation_data_the_network_cannot_take_is_named_before_training(nets, tmp_path):
+    net, g = make(nets)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    for val, match in [
+        (
+            (torch.zeros(4, 5), torch.zeros(4).long()),
+            r"validation inputs: a batch of shape \(2, 5\)",
+        ),
+        ((torch.zeros(4, 8), torch.full((4,), 7)), "validation targets: .*label 7"),
+    ]:
+        with pytest.raises(DataError, match=match):
+            fit(net, (x, y), g, epochs=1, val=val, checkpoint=tmp_path, **KW)
+        assert not (tmp_path / "last.pt").exists()
 
 
 @pytest.mark.parametrize(
