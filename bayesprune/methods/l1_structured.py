@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.methods.train import apply_masks, train
 from bayesprune.nn.selection import LayerSelector, select_layers
 from bayesprune.pruning.keepset import KeepSet
@@ -38,7 +39,7 @@ _DEFAULT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def _check_fraction(who: str, keep: Any) -> float:
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-        raise ValueError(f"{who}: keep must be a fraction in (0, 1], got {keep!r}")
+        raise ConfigError(f"{who}: keep must be a fraction in (0, 1], got {keep!r}")
     return float(keep)
 
 
@@ -49,7 +50,7 @@ def pruned_layers(module: nn.Module, layers: LayerSelector, include_output: bool
     if layers is None and not include_output:
         names = names[:-1]
     if not names:
-        raise ValueError(
+        raise ConfigError(
             "l1 pruning: no layer to prune (the only Linear/Conv is the output layer; "
             "pass include_output=True or layers=)"
         )
@@ -86,9 +87,9 @@ def l1_unit_keep(
     """
     keep = _check_fraction("l1_unit_keep", keep)
     if scope not in ("layer", "global"):
-        raise ValueError(f"l1_unit_keep: scope must be 'layer' or 'global', got {scope!r}")
+        raise ConfigError(f"l1_unit_keep: scope must be 'layer' or 'global', got {scope!r}")
     if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
-        raise ValueError(f"l1_unit_keep: min_units must be an integer >= 1, got {min_units!r}")
+        raise ConfigError(f"l1_unit_keep: min_units must be an integer >= 1, got {min_units!r}")
     names = pruned_layers(module, layers, include_output)
     scores = l1_unit_scores(module, names)
     if scope == "global":
@@ -153,21 +154,21 @@ def l1_prune(
     """
     keep = _check_fraction("l1_prune", keep)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"l1_prune: steps must be an integer >= 1, got {steps!r}")
+        raise ConfigError(f"l1_prune: steps must be an integer >= 1, got {steps!r}")
     if (
         isinstance(finetune_epochs, bool)
         or not isinstance(finetune_epochs, int)
         or finetune_epochs < 0
     ):
-        raise ValueError(
+        raise ConfigError(
             f"l1_prune: finetune_epochs must be an integer >= 0, got {finetune_epochs!r}"
         )
     if finetune_epochs and data is None:
-        raise ValueError("l1_prune: finetune_epochs > 0 needs data")
+        raise ConfigError("l1_prune: finetune_epochs > 0 needs data")
     if finetune_epochs and any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()
     ):
-        raise ValueError(
+        raise ConfigError(
             "l1_prune: finetune_epochs > 0 is not supported for networks with BatchNorm"
         )
     result: dict[str, KeepSet] | None = None

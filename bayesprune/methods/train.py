@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.errors import ConfigError
 from bayesprune.guides import MAP
 from bayesprune.inference import fit
 from bayesprune.nn import sparsify
@@ -46,14 +47,14 @@ def keep_masks(module: nn.Module, keep: dict[str, KeepSet]) -> dict[str, Tensor]
         layer = module.get_submodule(name)
         w = getattr(layer, "weight", None)
         if not isinstance(w, Tensor):
-            raise ValueError(f"keep: layer {name!r} has no weight to mask")
+            raise ConfigError(f"keep: layer {name!r} has no weight to mask")
         m = torch.ones(w.shape, dtype=torch.bool)
         if ks.weight_mask is not None:
             m &= ks.weight_mask.cpu()
         if ks.units is not None:
             units = torch.zeros(w.shape[0], dtype=torch.bool)
             if ks.units.numel() and int(ks.units.max()) >= w.shape[0]:
-                raise ValueError(f"keep: layer {name!r} has {w.shape[0]} units, got {ks.units}")
+                raise ConfigError(f"keep: layer {name!r} has {w.shape[0]} units, got {ks.units}")
             units[ks.units.cpu()] = True
             m &= units.reshape((-1,) + (1,) * (w.dim() - 1))
             if isinstance(getattr(layer, "bias", None), Tensor):

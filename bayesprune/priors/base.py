@@ -27,7 +27,7 @@ import torch.nn as nn
 from pyro.distributions import Distribution
 from torch import Tensor
 
-from bayesprune.errors import UnsupportedError
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.sites import Context, Site
 
 DEFAULT_LAYER_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -65,7 +65,7 @@ class Prior(ABC):
         """Raise ``TypeError`` naming the layer if this prior cannot be put on it."""
         if not isinstance(layer, self.supported_layer_types):
             kinds = ", ".join(t.__name__ for t in self.supported_layer_types)
-            raise TypeError(
+            raise UnsupportedError(
                 f"{type(self).__name__} cannot be put on layer {name!r} of type "
                 f"{type(layer).__name__}; supported layer types: {kinds}"
             )
@@ -132,4 +132,4 @@ def check_positive(owner: str, **values: float) -> None:
     """Raise ``ValueError`` naming the hyper-parameter unless every value is a finite number > 0."""
     for key, v in values.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v < float("inf")):
-            raise ValueError(f"{owner}: {key} must be a finite number > 0, got {v!r}")
+            raise ConfigError(f"{owner}: {key} must be a finite number > 0, got {v!r}")

@@ -45,6 +45,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 
 from bayesprune.blocks import block_spec, block_types
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.metrics import count_flops
 from bayesprune.priors.base import Prior
 from bayesprune.priors.gates import GateSitesMixin, check_gate_args, probs_key
@@ -86,7 +87,7 @@ class BlockGates(GateSitesMixin, Prior):
     def check_layer(self, name: str, layer: nn.Module) -> None:
         if block_spec(layer) is None:
             kinds = ", ".join(t.__name__ for t in block_types())
-            raise TypeError(
+            raise UnsupportedError(
                 f"BlockGates cannot be put on layer {name!r} of type {type(layer).__name__}: "
                 f"not a residual block (supported: {kinds}, or any module whose class names "
                 "its branch end in a 'branch_end' attribute; see bayesprune.blocks)"
@@ -97,7 +98,7 @@ class BlockGates(GateSitesMixin, Prior):
         if self.cost == "uniform" or not layer_names:
             return
         if example_input is None:
-            raise ValueError(
+            raise ConfigError(
                 f"BlockGates(cost={self.cost!r}) needs an example input to count the FLOPs of "
                 "each block: pass sparsify(..., example_input=x) or use a zoo network"
             )

@@ -67,7 +67,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from bayesprune.distributions.flattening import Flattening, log_normalizer, optimal_prior_prob
-from bayesprune.errors import UnsupportedError
+from bayesprune.errors import ConfigError, UnsupportedError
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior, check_positive
 from bayesprune.priors.gaussian import Gaussian
 from bayesprune.priors.registry import from_config, register
@@ -82,12 +82,12 @@ def check_gate_args(owner: str, gamma: float, cost: str, init_prob: float) -> No
         or not isinstance(gamma, (int, float))
         or not (0 <= gamma < float("inf"))
     ):
-        raise ValueError(f"{owner}: gamma must be a finite number >= 0, got {gamma!r}")
+        raise ConfigError(f"{owner}: gamma must be a finite number >= 0, got {gamma!r}")
     if cost not in COSTS:
-        raise ValueError(f"{owner}: cost must be one of {COSTS}, got {cost!r}")
+        raise ConfigError(f"{owner}: cost must be one of {COSTS}, got {cost!r}")
     check_positive(owner, init_prob=init_prob)
     if init_prob > 1:
-        raise ValueError(f"{owner}: init_prob must be in (0, 1], got {init_prob!r}")
+        raise ConfigError(f"{owner}: init_prob must be in (0, 1], got {init_prob!r}")
 
 
 def gate_bernoulli(pi: Tensor) -> Distribution:
@@ -234,7 +234,7 @@ class UnitGates(GateSitesMixin, Prior):
         if self.cost == "uniform":
             return
         if example_input is None:
-            raise ValueError(
+            raise ConfigError(
                 f"UnitGates(cost={self.cost!r}) needs an example input to count FLOPs and "
                 "parameters per unit: pass sparsify(..., example_input=x) or use a zoo network"
             )

@@ -44,6 +44,7 @@ from pyro.distributions import Distribution
 from torch import Tensor
 from torch.distributions import constraints
 
+from bayesprune.errors import ConfigError
 from bayesprune.priors.base import Prior, check_positive
 from bayesprune.priors.halo_penalty import halo_penalty
 from bayesprune.priors.registry import register
@@ -72,7 +73,7 @@ class HALO(Prior):
     ) -> None:
         check_positive("HALO", xi=xi, psi=psi, init_scale=init_scale)
         if per not in ("weight", "unit"):
-            raise ValueError(f"HALO: per must be 'weight' or 'unit', got {per!r}")
+            raise ConfigError(f"HALO: per must be 'weight' or 'unit', got {per!r}")
         self.xi = float(xi)
         self.psi = float(psi)
         self.per = per
@@ -166,7 +167,7 @@ class HALO(Prior):
             lam = point[scale_site.name]
             return lam if self.per == "unit" else lam.expand_as(theta)
         if by != "magnitude":
-            raise ValueError(f"HALO.scores: by must be 'magnitude' or 'scale', got {by!r}")
+            raise ConfigError(f"HALO.scores: by must be 'magnitude' or 'scale', got {by!r}")
         if self.per == "unit":
             return theta.flatten(1).norm(dim=1)
         return theta.abs()
