@@ -156,7 +156,7 @@ def main() -> None:
     for rate in args.rates:
         r = result[str(rate)]
         line = (
-            f"| {rate:.0%} | {r['magnitude']:.2%} | {r['magnitude_ft']:.2%} | "
+            f"| {100 * rate:g}% | {r['magnitude']:.2%} | {r['magnitude_ft']:.2%} | "
             f"{r['halo']:.2%} | {r['hypersparse']:.2%} |"
         )
         if jp:
