@@ -189,15 +189,7 @@ def test_a_resumed_fit_gets_the_same_phases_and_alpha(tmp_path):
     start = mlp(8, 16, 12, 3)
 
     def prior() -> HyperSparse:
-        return HyperSparse(
-            sparsity=0.8,
-            lambda_init=1e-2,
-            eta=2.0,
-            warmup=1,
-            window=1,
-            finetune=1,
-            max_regularise=2,
-        )
+        return small_art(warmup=1, finetune=1, max_regularise=2, tolerance=0.0)
 
     kw = dict(batch_size=32, lr=1e-2, progress=False)
     full_net = sparsify(copy.deepcopy(start), prior())
