@@ -74,6 +74,14 @@ lr = 1e-2
 )
 
 
+def refused(tmp_path, text: str, match: str) -> None:
+    """``Spec.load`` of ``text`` raises a SpecError matching ``match``."""
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=match):
+        Spec.load(path)
+
+
 def fit_and_extract(tmp_path, text: str, name: str = "spec"):
     spec = tmp_path / f"{name}.toml"
     spec.write_text(text)
@@ -169,10 +177,7 @@ def test_a_missing_pretrained_file_is_one_line_naming_the_key(tmp_path):
 )
 def test_bad_pretrain_settings_name_the_key(tmp_path, old, new, match):
     assert old in JACKPOT
-    path = tmp_path / "spec.toml"
-    path.write_text(JACKPOT.replace(old, new, 1))
-    with pytest.raises(SpecError, match=match):
-        Spec.load(path)
+    refused(tmp_path, JACKPOT.replace(old, new, 1), match)
 
 
 # --- [method]: magnitude and L1-structured baselines --------------------------------------
@@ -260,10 +265,7 @@ def test_extract_keep_override_and_resume_are_refused_on_a_method_run(magnitude_
     ],
 )
 def test_method_with_a_prior_section_is_refused(tmp_path, add, match):
-    path = tmp_path / "spec.toml"
-    path.write_text(MAGNITUDE + add)
-    with pytest.raises(SpecError, match=match):
-        Spec.load(path)
+    refused(tmp_path, MAGNITUDE + add, match)
 
 
 @pytest.mark.parametrize(
@@ -282,10 +284,7 @@ def test_method_with_a_prior_section_is_refused(tmp_path, add, match):
 )
 def test_bad_method_settings_name_the_key(tmp_path, old, new, match):
     assert old in MAGNITUDE
-    path = tmp_path / "spec.toml"
-    path.write_text(MAGNITUDE.replace(old, new, 1))
-    with pytest.raises(SpecError, match=match):
-        Spec.load(path)
+    refused(tmp_path, MAGNITUDE.replace(old, new, 1), match)
 
 
 def test_l1_settings_are_checked_too(tmp_path):
