@@ -8,10 +8,11 @@ deterministic network, ``load`` a saved one back.
 
 >>> import bayesprune as bp
 >>> sorted(bp.__all__)[:4]
-['BayesianNet', 'FitResult', 'KeepSet', 'PruningForecast']
+['BayesianNet', 'Budget', 'FitResult', 'KeepSet']
 """
 
 from bayesprune import methods, spaces
+from bayesprune.budget import Budget
 from bayesprune.diagnostics import diagnose
 from bayesprune.export import load
 from bayesprune.inference import FitResult, fit
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BayesianNet",
+    "Budget",
     "FitResult",
     "KeepSet",
     "PruningForecast",

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 FLOORS = [
-    ("errors", "atomic", "data", "zoo", "distributions", "sites", "blocks", "metrics"),
+    ("errors", "atomic", "budget", "data", "zoo", "distributions", "sites", "blocks", "metrics"),
     ("priors",),
     ("nn",),
     ("guides",),

@@ -119,7 +119,8 @@ class Guide(nn.Module, ABC):
 
     def _optimal_prior_prob(self, site: Site, unit_theta: Tensor | None = None) -> Tensor:
         theta = self.gate_theta(site)
-        gamma, _ = gate_constants(site.meta["gamma"], theta.device, theta.dtype)
+        strength = self._net.prior.strength_of(site.layer)
+        gamma, _ = gate_constants(site.meta["gamma"], theta.device, theta.dtype, strength)
         return optimal_prior_prob(_unit(theta) if unit_theta is None else unit_theta, gamma)
 
     def site_distribution(self, site: Site) -> Distribution:

@@ -65,6 +65,12 @@ class FitState:
     batch: tuple[Any, ...] | None = None
     #: the fit's loss estimator, ``loss_fn(net, guide, x, y, n_data)`` (not divided by n_data)
     loss_fn: Callable[..., Any] | None = None
+    #: epochs the fit runs, and optimizer steps per epoch (``None``: a loader without len())
+    epochs: int = 0
+    steps_per_epoch: int | None = None
+    #: callbacks' own state, JSON-able, kept by checkpoints and restored on resume (e.g. a
+    #: budget's multiplier), under one key per callback
+    stash: dict[str, Any] = field(default_factory=dict)
 
     def rebuild_optimizer(self) -> None:
         """Make a new optimizer over the current parameters (after a structural change),

@@ -85,6 +85,7 @@ def fit(
     log_every: int = 50,
     validate: bool = True,
     remove_dead: bool | int = False,
+    budget: Any = None,
 ) -> FitResult:
     """Fit the posterior of ``net`` by stochastic variational inference.
 
@@ -169,6 +170,13 @@ def fit(
         ``N`` also removes them every ``N`` optimizer steps (counted over the whole fit), so
         units that die early stop costing before the epoch ends; each check reads the gate
         probabilities back from the device (one host sync per ``N`` steps).
+    :param budget: a :class:`~bayesprune.budget.Budget` to end at, e.g.
+        ``Budget(flops=0.1)``: the prior's strength becomes a multiplier the fit adapts
+        every few steps so that the posterior shrinks to the budget, and late in the fit the
+        posterior is cut to it exactly and held there while the weights go on training
+        (:mod:`bayesprune.pruning.budget_control`; pass a
+        :class:`~bayesprune.pruning.BudgetControl` for other controller settings). The
+        history gets the multiplier's trajectory (``budget``, ``budget_trace``).
     :returns: :class:`~bayesprune.inference.FitResult`. At the end, ``net.module`` holds the
         posterior point estimate (``guide.point()``) of every weight a site replaces
         (:func:`write_back`), so it is the fitted network; the guide holds the posterior.
@@ -219,6 +227,10 @@ def fit(
         n_data=n_data,
     )
     callbacks = [*net.prior.fit_callbacks(), *callbacks]
+    if budget is not None:  # a Budget, or a controller built from one
+        callbacks.insert(
+            0, budget if hasattr(budget, "on_step_end") else fit_option("budget", budget)
+        )
     if remove_dead is True:
         callbacks.insert(0, fit_option("remove_dead"))
     elif remove_dead:  # every so many steps, and at the end of every epoch
@@ -311,6 +323,7 @@ def _fit(
         net, guide, data, replicas, optimizer, lr, role_lr, weight_decay, schedule, epochs, source
     )
     state.val, state.loss_fn = val, loss_fn
+    state.epochs, state.steps_per_epoch = epochs, source.length
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
     guarded = checkpoints.guarded_settings(
         batch_size=_batch_size(source, batch_size),

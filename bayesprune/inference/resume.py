@@ -201,6 +201,7 @@ def save(
         "step_in_epoch": state.step_in_epoch,
         "global_step": state.global_step,
         "history": json.dumps(state.history),
+        "stash": json.dumps(state.stash),
         "elbo": list(state.elbo),
         "elbo_steps": list(state.elbo_steps),
         "world": rep.world,
@@ -265,6 +266,7 @@ def restore(
     state.step_in_epoch = int(ck["step_in_epoch"])
     state.global_step = int(ck["global_step"])
     state.history = json.loads(ck["history"])
+    state.stash = json.loads(ck.get("stash", "{}"))
     state.elbo = list(ck["elbo"])
     state.elbo_steps = list(ck["elbo_steps"])
     _restore_rng(state, ck, device)

@@ -50,6 +50,30 @@ class Prior(ABC):
     #: sites replace into the user's module (``False``: the module's weights are data the
     #: prior must keep, e.g. a jackpot's frozen pre-trained weights)
     writes_back: bool = True
+    #: multiplier of the prior's sparsity strength (1 = the strength as configured). A
+    #: budgeted fit adapts it (:mod:`bayesprune.pruning.budget_control`); it is fit state,
+    #: not a hyper-parameter, so :meth:`config` leaves it out.
+    strength: float = 1.0
+    #: per-layer multipliers on top of :attr:`strength` (a per-layer units budget)
+    layer_strength: dict[str, float] | None = None
+
+    def strength_of(self, layer: str) -> float:
+        """The multiplier of ``layer``'s sparsity strength: :attr:`strength` times the
+        layer's own (default 1).
+
+        >>> from bayesprune.priors import HALO
+        >>> prior = HALO()
+        >>> prior.strength, prior.layer_strength = 2.0, {"fc1": 3.0}
+        >>> prior.strength_of("fc1"), prior.strength_of("fc2")
+        (6.0, 2.0)
+        """
+        per = self.layer_strength
+        return self.strength * (per.get(layer, 1.0) if per else 1.0)
+
+    def budget_metrics(self) -> tuple[str, ...]:
+        """The measures a :class:`~bayesprune.budget.Budget` may name for this prior (its
+        strength must be one the fit can adapt). Default: none."""
+        return ()
 
     def default_selection(self, module: nn.Module, names: list[str]) -> list[str]:
         """Trim the layers chosen by default (``layers=None``); e.g. gates leave out the

@@ -46,11 +46,15 @@ from torch import Tensor
 
 from bayesprune.blocks import block_spec, block_types
 from bayesprune.errors import ConfigError, UnsupportedError
-from bayesprune.metrics import count_flops
 from bayesprune.priors.base import Prior
-from bayesprune.priors.gates import GateSitesMixin, check_gate_args, probs_key
+from bayesprune.priors.gates import (
+    GateSitesMixin,
+    check_gate_args,
+    gate_budget_metrics,
+    probs_key,
+)
 from bayesprune.priors.registry import register
-from bayesprune.priors.unit_costs import complexity_prices
+from bayesprune.priors.unit_costs import block_branch_costs, complexity_prices
 from bayesprune.sites import Context, Site, join
 
 
@@ -102,24 +106,7 @@ class BlockGates(GateSitesMixin, Prior):
                 f"BlockGates(cost={self.cost!r}) needs an example input to count the FLOPs of "
                 "each block: pass sparsify(..., example_input=x) or use a zoo network"
             )
-        macs = {row["name"]: row["macs"] for row in count_flops(module, example_input)["layers"]}
-        costs: dict[str, dict[str, Tensor]] = {}
-        for name in layer_names:
-            block = module.get_submodule(name)
-            spec = block_spec(block)
-            short = f"{spec.shortcut}." if spec is not None else None
-            branch = [
-                (n, m)
-                for n, m in block.named_modules()
-                if n and not (short and (n + ".").startswith(short))
-            ]
-            flops = sum(macs.get(join(name, n), 0) for n, _ in branch)
-            params = sum(p.numel() for _, m in branch for p in m.parameters(recurse=False))
-            # a block is one unit; float64 keeps the prices as exact as Python floats
-            costs[name] = {
-                "flops": torch.tensor([flops], dtype=torch.float64),
-                "params": torch.tensor([params], dtype=torch.float64),
-            }
+        costs = block_branch_costs(module, layer_names, example_input)
         prices = complexity_prices(self.gamma, self.cost, costs)
         self._prices = {n: float(p) for n, p in prices.items()}
 
@@ -146,6 +133,11 @@ class BlockGates(GateSitesMixin, Prior):
     def log_prob(self, sites: list[Site], values: dict[str, Tensor], ctx: Context) -> Tensor:
         """Closed form ``-Σ(γθ + log Z)`` (the guide's entropy folded in, as for unit gates)."""
         return self.gates_log_prob(sites, values, ctx)
+
+    # --- budgets ----------------------------------------------------------------------
+    def budget_metrics(self) -> tuple[str, ...]:
+        """``units`` (blocks) always; ``flops``/``params`` with prices that count them."""
+        return gate_budget_metrics(self.cost)
 
     # --- collapse and reports ---------------------------------------------------------
     def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:

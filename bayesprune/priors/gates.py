@@ -90,6 +90,19 @@ def check_gate_args(owner: str, gamma: float, cost: str, init_prob: float) -> No
         raise ConfigError(f"{owner}: init_prob must be in (0, 1], got {init_prob!r}")
 
 
+def gate_budget_metrics(cost: str) -> tuple[str, ...]:
+    """What a budget may count for gates priced by ``cost`` (unit and block gates).
+
+    >>> gate_budget_metrics("uniform"), gate_budget_metrics("mixed")
+    (('units',), ('units', 'params', 'flops'))
+    """
+    return (
+        "units",
+        *(("params",) if cost in ("params", "mixed") else ()),
+        *(("flops",) if cost in ("flops", "mixed") else ()),
+    )
+
+
 def gate_bernoulli(pi: Tensor) -> Distribution:
     """``Bernoulli(π)`` over a layer's gates (one event), built from logits: ``probs=π``
     would clamp π into [eps, 1 − eps], which makes ``log p(z = 1 | π*)`` wrong once
@@ -101,19 +114,24 @@ def gate_bernoulli(pi: Tensor) -> Distribution:
 
 @lru_cache(maxsize=256)
 def gate_constants(
-    gammas: tuple[float, ...], device: torch.device, dtype: torch.dtype
+    gammas: tuple[float, ...], device: torch.device, dtype: torch.dtype, strength: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """``(γ, Σ log Z(γ))`` of one gate site as tensors, built once per prices, device and
-    dtype instead of every step (they are constants; callers must not write into them).
+    """``(γ, Σ log Z(γ))`` of one gate site as tensors, built once per prices, strength,
+    device and dtype instead of every step (they are constants; callers must not write into
+    them). ``strength`` multiplies every price (the prior's :meth:`~Prior.strength_of`).
 
     >>> g, log_z = gate_constants((1.0, 2.0), torch.device("cpu"), torch.float64)
     >>> g.tolist(), round(float(log_z), 4)
     ([1.0, 2.0], -1.7028)
+    >>> gate_constants((1.0, 2.0), torch.device("cpu"), torch.float64, 3.0)[0].tolist()
+    [3.0, 6.0]
     """
     # built as normal tensors even when first asked for under inference_mode (validation
     # after a removal): a cached inference tensor could not be used by a later training step
     with torch.inference_mode(False), torch.no_grad():
         gamma = torch.tensor(gammas, device=device, dtype=dtype)
+        if strength != 1.0:
+            gamma = gamma * strength
         return gamma, log_normalizer(gamma).sum()
 
 
@@ -161,14 +179,23 @@ class GateSitesMixin:
         ]
 
     def gamma_of(self, site: Site, ctx: Context) -> Tensor:
-        return gate_constants(site.meta["gamma"], ctx.device, ctx.dtype)[0]
+        """γ_u of every gate of ``site``, times the layer's strength multiplier."""
+        return self.gate_constants_of(site, ctx.device, ctx.dtype)[0]
+
+    def gate_constants_of(
+        self, site: Site, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """:func:`gate_constants` of ``site`` at the layer's current strength."""
+        strength = self.strength_of(site.layer)  # type: ignore[attr-defined]
+        return gate_constants(site.meta["gamma"], device, dtype, strength)
 
     def gate_initial_value(self, site: Site, dtype: torch.dtype) -> Tensor:
         """θ₀ for a gate, and π*(θ₀) for its prior probability."""
         theta = torch.full(site.shape, self.init_prob, dtype=dtype)
         if site.role == "gate":
             return theta
-        return optimal_prior_prob(theta, torch.tensor(site.meta["gamma"], dtype=dtype))
+        strength = self.strength_of(site.layer)  # type: ignore[attr-defined]
+        return optimal_prior_prob(theta, torch.tensor(site.meta["gamma"], dtype=dtype) * strength)
 
     def gate_distribution(
         self, site: Site, values: dict[str, Tensor], ctx: Context
@@ -182,7 +209,7 @@ class GateSitesMixin:
         total = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
         for s in sites:
             if s.role == "gate":
-                gamma, log_z = gate_constants(s.meta["gamma"], ctx.device, ctx.dtype)
+                gamma, log_z = self.gate_constants_of(s, ctx.device, ctx.dtype)
                 total = total - torch.dot(gamma, values[probs_key(s.name)]) - log_z
         return total
 
@@ -279,6 +306,13 @@ class UnitGates(GateSitesMixin, Prior):
         if rest:
             total = total + self.weight_prior.log_prob(rest, values, ctx)
         return total
+
+    # --- budgets ----------------------------------------------------------------------
+    def budget_metrics(self) -> tuple[str, ...]:
+        """``units`` always; ``flops`` with prices that count FLOPs (``cost="flops"`` or
+        ``"mixed"``), ``params`` with prices that count parameters (``"params"``,
+        ``"mixed"``): the prices are what aims the fit at that measure."""
+        return gate_budget_metrics(self.cost)
 
     # --- collapse and reports ---------------------------------------------------------
     def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:

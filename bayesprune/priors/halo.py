@@ -20,7 +20,8 @@ terms cancel and
 
     -log p(θ, λ) = ξN Σ_j |θ_j|/λ² + ψN Σ λ + const,
 
-with ``N`` the training-set size that multiplies the per-example ξ and ψ.
+with ``N`` the training-set size that multiplies the per-example ξ and ψ (and, in a
+budgeted fit, the strength multiplier ``s`` that multiplies both: ``ξ → sξ, ψ → sψ``).
 
 Good::
 
@@ -113,10 +114,10 @@ class HALO(Prior):
     def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
         if site.role == "scale":
             m = site.meta["shared"]
-            rate = ctx.full(site.shape, self.psi * ctx.n_data)
+            rate = ctx.full(site.shape, self.psi * self.strength_of(site.layer) * ctx.n_data)
             return dist.Gamma(torch.full_like(rate, 2.0 * m + 1.0), rate).to_event(site.event_dim)
         lam = self._expand(values[join(site.layer, "weight_scale")], site.shape)
-        b = lam.square() / (self.xi * ctx.n_data)
+        b = lam.square() / (self.xi * self.strength_of(site.layer) * ctx.n_data)
         loc = torch.zeros((), device=ctx.device, dtype=ctx.dtype)
         return dist.Laplace(loc, b).expand(site.shape).to_event(site.event_dim)
 
@@ -126,7 +127,8 @@ class HALO(Prior):
         scale_site, weight_site = sites
         lam = values[scale_site.name]
         theta = values[weight_site.name]
-        xi_n, psi_n = self.xi * ctx.n_data, self.psi * ctx.n_data
+        scaled = self.strength_of(scale_site.layer) * ctx.n_data
+        xi_n, psi_n = self.xi * scaled, self.psi * scaled
         m = scale_site.meta["shared"]
         n_scales, n_weights = scale_site.numel, weight_site.numel
         const = n_scales * ((2 * m + 1) * math.log(psi_n) - math.lgamma(2 * m + 1)) + n_weights * (
@@ -153,6 +155,13 @@ class HALO(Prior):
         theta = values[join(site.layer, "weight")]
         a = theta.abs() if self.per == "weight" else theta.flatten(1).abs().sum(1)
         return a.mul(2.0 * self.xi / self.psi).pow_(1.0 / 3.0).reshape(site.shape)
+
+    # --- budgets -----------------------------------------------------------------------
+    def budget_metrics(self) -> tuple[str, ...]:
+        """Per weight: ``("weights",)``; per unit: ``("units",)``. The strength multiplier
+        scales ξ and ψ together -- the whole penalty -- so the scales' optimum
+        λ* = (2ξ|θ|/ψ)^(1/3) does not move when a budgeted fit changes it."""
+        return ("weights",) if self.per == "weight" else ("units",)
 
     # --- collapse ----------------------------------------------------------------------
     def scores(self, sites: list[Site], point: dict[str, Tensor], **options: Any) -> Tensor:

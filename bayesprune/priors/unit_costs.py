@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch import Tensor
 
+from bayesprune.blocks import block_spec
 from bayesprune.errors import ConfigError
 from bayesprune.metrics import count_flops
 
@@ -82,6 +83,40 @@ def unit_costs(
         for c in out.values():
             c[f"{kind}_mean"] = mean
     return out
+
+
+def block_branch_costs(
+    module: nn.Module, block_names: list[str], example_input: Tensor
+) -> dict[str, dict[str, Tensor]]:
+    """Per residual block: ``flops`` (MACs) and ``params`` of its residual branch -- what
+    turning the block into its shortcut saves -- as one-element float64 tensors (a block
+    is one unit).
+
+    >>> from bayesprune.zoo import build
+    >>> net = build("resnet20", width=0.25)
+    >>> c = block_branch_costs(net, ["layer1.0"], torch.zeros(1, 3, 32, 32))["layer1.0"]
+    >>> int(c["params"]), int(c["flops"])  # two 4->4 3x3 convs, two BatchNorms; 32x32
+    (304, 303104)
+    """
+    macs = {row["name"]: row["macs"] for row in count_flops(module, example_input)["layers"]}
+    costs: dict[str, dict[str, Tensor]] = {}
+    for name in block_names:
+        block = module.get_submodule(name)
+        spec = block_spec(block)
+        short = f"{spec.shortcut}." if spec is not None else None
+        branch = [
+            (n, m)
+            for n, m in block.named_modules()
+            if n and not (short and (n + ".").startswith(short))
+        ]
+        flops = sum(macs.get(f"{name}.{n}" if name else n, 0) for n, _ in branch)
+        params = sum(p.numel() for _, m in branch for p in m.parameters(recurse=False))
+        # float64 keeps the prices as exact as Python floats
+        costs[name] = {
+            "flops": torch.tensor([flops], dtype=torch.float64),
+            "params": torch.tensor([params], dtype=torch.float64),
+        }
+    return costs
 
 
 def mean_cost(costs: Mapping[str, Mapping[str, Tensor | float]], kind: str) -> float:

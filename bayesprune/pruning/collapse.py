@@ -33,9 +33,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from bayesprune.blocks import block_spec
+from bayesprune.budget import Budget
 from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
+from bayesprune.metrics import count_flops, count_parameters
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.pruning.budget_cost import CostModel
+from bayesprune.pruning.budget_cut import BudgetReport, budget_masks
+from bayesprune.pruning.extract import extract
 from bayesprune.pruning.inclusion import inclusion_probs
 from bayesprune.pruning.keepset import KeepSet
 
@@ -76,6 +81,14 @@ def _block_keep(name: str, layer: nn.Module, mask: Tensor) -> KeepSet:
     return KeepSet(identity=not bool(mask.any()), n_units=1)
 
 
+class KeepSets(dict[str, KeepSet]):
+    """What :func:`collapse` returns: ``{layer name: KeepSet}``, plus, for a cut to a
+    budget, how it met it (:attr:`budget`)."""
+
+    #: ``collapse(budget=...)``: the posterior's size, the cut's and how many it removed
+    budget: BudgetReport | None = None
+
+
 RULES = ("score", "inclusion")
 _INCLUSION_OPTIONS = ("delta", "num_samples", "seed")
 
@@ -91,8 +104,9 @@ def collapse(
     min_units: int = 1,
     rule: str = "score",
     max_risk: float | None = None,
+    budget: Budget | None = None,
     **options: Any,
-) -> dict[str, KeepSet]:
+) -> KeepSets:
     """Per-layer keep-sets from the posterior of ``net``.
 
     Two rules decide what is removed:
@@ -108,6 +122,12 @@ def collapse(
       probabilities are 0/1 indicators (``inclusion_kind(...) == "map-indicator"``), and the
       rule removes exactly the elements at or below ``delta``, whatever ``max_risk``.
       The probabilities are stored in each ``KeepSet.p_keep``.
+
+    ``budget=Budget(...)`` cuts to a size instead (:mod:`bayesprune.pruning.budget_cut`):
+    what the posterior drops goes first (scores at or below the prior's threshold), then
+    the lowest-scored kept elements until the network is within the budget -- never
+    above it; for ``params``/``flops`` the extracted network is counted to make sure. The
+    result's ``.budget`` says how far the posterior itself was from the budget.
 
     Both rules give the same kinds of keep-sets: weight masks (per-weight scores), kept
     units (per-unit scores, at least ``min_units`` per layer) or a whole block kept or
@@ -126,6 +146,8 @@ def collapse(
     :param rule: ``"score"`` or ``"inclusion"``.
     :param max_risk: for ``rule="inclusion"``: the largest ``P(keep)`` an element may have
         and still be removed, in ``(0, 1)``.
+    :param budget: a :class:`~bayesprune.budget.Budget` to cut to (``rule="score"``, no
+        ``keep``/``threshold``/``scope``).
     :param options: passed to the prior's ``scores`` (e.g. ``by="scale"`` for HALO); under
         ``rule="inclusion"`` to ``inclusion_probs`` (``delta``, ``num_samples``, ``seed``).
     :returns: ``{layer name: KeepSet}`` with the point estimates in ``KeepSet.values``.
@@ -157,6 +179,13 @@ def collapse(
         raise ConfigError(f"collapse: threshold must be a number, got {threshold!r}")
     if scope not in ("global", "layer"):
         raise ConfigError(f"collapse: scope must be 'global' or 'layer', got {scope!r}")
+    if budget is not None:
+        if rule != "score" or keep is not None or threshold is not None or options:
+            raise ConfigError(
+                "collapse: budget= decides the cut by itself; drop keep, threshold, rule and "
+                "scoring options"
+            )
+        return _collapse_to_budget(net, point, budget, min_units)
     if rule == "inclusion":
         return _collapse_by_inclusion(
             net, guide, point, keep, threshold, min_units, max_risk, options
@@ -181,9 +210,38 @@ def collapse(
         if threshold is None:
             threshold = net.prior.default_threshold
         masks = {n: s > threshold for n, s in scores.items()}
-    return _keepsets(
-        net, point, masks, min_units, lambda name, k: _top_mask(scores[name].float(), k)
+    return KeepSets(
+        _keepsets(net, point, masks, min_units, lambda name, k: _top_mask(scores[name].float(), k))
     )
+
+
+def _collapse_to_budget(
+    net: BayesianNet, point: dict[str, Tensor], budget: Budget, min_units: int
+) -> KeepSets:
+    model = CostModel(net, budget)
+    measure = None
+    if budget.metric in ("params", "flops"):
+        x = net.example_input
+
+        def measure(masks: dict[str, Tensor]) -> float:
+            keep = _keepsets(net, point, masks, min_units, _refill(masks))
+            small = extract(net, keep, example_input=x)
+            if budget.metric == "params":
+                return count_parameters(small)["params"] / model.dense
+            return count_flops(small, x[:1])["macs"] / model.dense
+
+    masks, report = budget_masks(
+        net, point, budget, min_units=min_units, measure=measure, model=model
+    )
+    result = KeepSets(_keepsets(net, point, masks, min_units, _refill(masks)))
+    result.budget = report
+    return result
+
+
+def _refill(masks: dict[str, Tensor]) -> Callable[[str, int], Tensor]:
+    """A budget cut never leaves a unit layer below ``min_units``; a layer the posterior
+    itself emptied is refilled with its first units (zeroed where their gates are closed)."""
+    return lambda name, k: masks[name] | _top_mask(masks[name].float(), k)
 
 
 def _collapse_by_inclusion(
@@ -195,7 +253,7 @@ def _collapse_by_inclusion(
     min_units: int,
     max_risk: float | None,
     options: dict[str, Any],
-) -> dict[str, KeepSet]:
+) -> KeepSets:
     if guide is None:
         raise ConfigError("collapse: rule='inclusion' needs the fitted guide (its distributions)")
     if keep is not None or threshold is not None:
@@ -220,13 +278,15 @@ def _collapse_by_inclusion(
     probs = inclusion_probs(net, guide, **options)
     scores = layer_scores(net, point)
     masks = {n: p >= max_risk for n, p in probs.items()}
-    return _keepsets(
-        net,
-        point,
-        masks,
-        min_units,
-        lambda name, k: _top_mask_by(probs[name], scores[name], k),
-        p_keep=probs,
+    return KeepSets(
+        _keepsets(
+            net,
+            point,
+            masks,
+            min_units,
+            lambda name, k: _top_mask_by(probs[name], scores[name], k),
+            p_keep=probs,
+        )
     )
 
 
