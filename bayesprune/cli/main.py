@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import os
 import sys
@@ -27,6 +28,8 @@ from typing import Any
 
 import torch
 
+from bayesprune.budget import Budget
+from bayesprune.cli.budget_spec import budget_of, control_of, with_measure
 from bayesprune.cli.fitted import load_fitted, starting_network
 from bayesprune.cli.method_run import pretrain, run_method
 from bayesprune.cli.pretrained import save_weights
@@ -86,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         "'none' for none); trains from a DataLoader",
     )
     f.add_argument("--workers", type=int, help="loader worker processes (override [data] workers)")
+    f.add_argument(
+        "--budget",
+        metavar="MEASURE=FRACTION",
+        help="fit to this size and collapse to it, e.g. flops=0.1 (measures: weights, units, "
+        "params, flops); sets [budget]'s measure, keeps its settings, replaces [collapse]",
+    )
 
     e = sub.add_parser("extract", help="collapse a fitted run and write the smaller network")
     e.add_argument("run", type=Path, help="a run folder written by 'bayesprune fit'")
@@ -93,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         "--keep", type=float, help="fraction of weights/units kept (override [collapse])"
     )
     e.add_argument("--threshold", type=float, help="keep elements scoring above this")
+    e.add_argument(
+        "--budget",
+        metavar="MEASURE=FRACTION",
+        help="cut the posterior to this size, e.g. flops=0.2 (override [collapse]/[budget])",
+    )
     e.add_argument("--data-root", type=Path, help="folder holding the data set files")
     e.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     add_report_parser(sub)
@@ -125,6 +139,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         spec.data["augment"] = [a for a in args.augment.split(",") if a and a != "none"]
     if args.workers is not None:
         spec.data["workers"] = args.workers
+    budget = Budget.parse(args.budget) if args.budget is not None else None
+    if budget is not None:  # the budget decides the cut: no [collapse] rule beside it
+        spec.budget, spec.collapse = with_measure(spec.budget, budget), {}
     spec.validate()
     # under torchrun every process runs this; process 0 alone writes the run folder
     world, main_process = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0") == "0"
@@ -154,6 +171,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 f"--resume: {run.root} is a finished [method] run ({spec.method['name']}): "
                 "there is nothing to continue; pass --out to fit it again in a new run folder"
             )
+        if budget is not None and (not spec.budget or budget_of(spec.budget) != budget):
+            fitted = budget_of(spec.budget).config() if spec.budget else "no budget"
+            raise ConfigError(
+                f"--resume --budget {args.budget}: {run.root} was fitted with {fitted}; a "
+                "resumed fit keeps its budget (its controller's state is in the checkpoint); "
+                "pass --out to fit with the new budget in a new run folder"
+            )
     # a device this machine lacks fails here, before the run folder is written
     resolve_device(spec.fit["device"], torch.device("cpu"))
     # build everything before writing anything: a bad spec leaves no half-made run folder
@@ -168,6 +192,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     start = copy.deepcopy(network) if started is not None else None  # before sparsify
     net = spec.build_net(network)
     guide = spec.build_guide(net)
+    if spec.budget:  # the prior and guide must be able to hold the budget: before writing
+        try:
+            control_of(spec.budget).check(net, guide)
+        except ConfigError as e:
+            raise SpecError(f"{spec.source}: [budget] {str(e).removeprefix('Budget: ')}") from None
     if main_process:
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_json(run.spec, spec.to_dict())
@@ -219,6 +248,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     acc = final.get("val_accuracy")
     print(f"fit done: {len(result.history)} epochs in {seconds:.1f}s", end="")
     print(f", validation accuracy {100 * acc:.2f}%" if acc is not None else "")
+    if "budget" in final:  # the last epoch's record says where a budgeted fit ended
+        print(_steered(final["budget"]))
     print(f"run folder: {run.root}")
     return 0
 
@@ -254,6 +285,22 @@ def _starting_network(
     }
 
 
+def _steered(record: dict[str, Any]) -> str:
+    """One line on where a budgeted fit ended (its last history record's ``budget``)."""
+    line = f"budget {record['metric']} {record['target']}: "
+    cut = record.get("cut_report")
+    if cut is not None:
+        return line + (
+            f"the posterior kept {cut['posterior']:.4g} at step {cut['step']}, cut to "
+            f"{cut['final']:.4g} ({cut['cut']} more removed) and held"
+        )
+    return line + f"the posterior keeps {_sizes(record['size'])} (not cut during the fit)"
+
+
+def _sizes(size: float | list[float]) -> str:
+    return f"{size:.4g}" if isinstance(size, float) else "[" + ", ".join(map(_sizes, size)) + "]"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -262,22 +309,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
     fitted = load_fitted(args.run, args.data_root)
     run, spec, net, guide, data = fitted.run, fitted.spec, fitted.net, fitted.guide, fitted.data
 
+    if args.budget is not None and (args.keep is not None or args.threshold is not None):
+        raise ConfigError("--budget decides the cut by itself: drop --keep/--threshold")
     if spec.method:  # a baseline: its keep-sets were decided when it was fitted
-        if args.keep is not None or args.threshold is not None:
+        if args.keep is not None or args.threshold is not None or args.budget is not None:
             raise ConfigError(
-                f"--keep/--threshold: {run.root} is a [method] run ({spec.method['name']}) "
-                "whose keep-set was fixed by [method] keep when it was fitted and fine-tuned; "
-                "fit it again with another keep"
+                f"--keep/--threshold/--budget: {run.root} is a [method] run "
+                f"({spec.method['name']}) whose keep-set was fixed by [method] keep when it "
+                "was fitted and fine-tuned; fit it again with another keep"
             )
         ckw: dict[str, Any] = {"method": dict(spec.method)}
         keep = fitted.method_keep()
         point = "pruned network"
     else:
         ckw = spec.collapse_kwargs()
-        if args.keep is not None:
-            ckw["keep"], ckw["threshold"] = args.keep, None
-        elif args.threshold is not None:
-            ckw["threshold"], ckw["keep"] = args.threshold, None
+        if args.budget is not None:
+            ckw = {"budget": Budget.parse(args.budget)}
+        elif args.keep is not None or args.threshold is not None:  # --keep wins
+            ckw = {k: v for k, v in ckw.items() if k != "budget"}  # [collapse] scope, by stay
+            ckw["keep"] = args.keep
+            ckw["threshold"] = args.threshold if args.keep is None else None
         keep = collapse(net, guide, **ckw)
         point = "posterior point"
     small = extract(net, keep).eval()
@@ -302,8 +353,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     }
     weights_total = sum(v["of"] for v in layers.values())
     weights_kept = sum(v["kept"] for v in layers.values())
+    cut = getattr(keep, "budget", None)
+    if "budget" in ckw:  # as JSON: {"budget": {"flops": 0.1}}
+        ckw = {"budget": ckw["budget"].config()}
     summary: dict[str, Any] = {
         "collapse": ckw,
+        **({"budget": dataclasses.asdict(cut)} if cut is not None else {}),
         "test_split": "test" if data.test is not None else "val",
         "accuracy_posterior_point": acc_collapsed_point,
         "accuracy_extracted": acc_small,
@@ -333,6 +388,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         + ", ".join(f"{n} {v['kept']}/{v['of']}" for n, v in layers.items())
         + ")"
     )
+    if cut is not None:
+        print(str(cut))
     widths = _widths(original, small, keep)
     if widths:
         print("units per layer: " + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in widths.items()))

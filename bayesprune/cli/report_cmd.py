@@ -7,7 +7,7 @@
 Rebuilds the net and guide from the run folder (as ``extract`` does), runs
 :func:`bayesprune.diagnostics.diagnose` on the test split (the validation split if there
 is none), saves ``RUN_DIR/idata.nc``, collapses with the spec's ``[collapse]`` settings
-(the same network ``extract`` writes) and writes ``RUN_DIR/report/report.html``,
+or to its ``[budget]`` (the same network ``extract`` writes) and writes ``RUN_DIR/report/report.html``,
 ``report.md`` and the PNG figures. A ``[method]`` run (a baseline, no posterior) is
 refused with a one-line error.
 """

@@ -21,11 +21,13 @@ Example (``models/halo-lenet5.toml``)::
     [collapse]
     keep = 0.02
 
-Two more sections (:mod:`bayesprune.cli.pretrained`, :mod:`bayesprune.cli.method_spec`):
-``[pretrain]`` trains the dense network before the fit (or ``[network] pretrained = "path"``
-loads saved weights) -- a ``jackpot`` prior needs one of the two; ``[method]`` replaces
-``[prior]``, ``[guide]`` and ``[collapse]`` by a baseline (magnitude or L1-structured
-pruning after dense training with the ``[fit]`` options).
+Three more sections (:mod:`bayesprune.cli.pretrained`, :mod:`bayesprune.cli.method_spec`,
+:mod:`bayesprune.cli.budget_spec`): ``[pretrain]`` trains the dense network before the fit
+(or ``[network] pretrained = "path"`` loads saved weights) -- a ``jackpot`` prior needs one
+of the two; ``[method]`` replaces ``[prior]``, ``[guide]`` and ``[collapse]`` by a baseline
+(magnitude or L1-structured pruning after dense training with the ``[fit]`` options);
+``[budget]`` (e.g. ``flops = 0.1``) steers the fit to a size and replaces ``[collapse]``
+by a cut to that size.
 
 >>> spec = Spec.from_dict({"network": {"name": "lenet300"}, "prior": {"name": "halo"}})
 >>> spec.fit["epochs"]
@@ -43,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bayesprune.cli.budget_spec import budget_of, check_budget_section, control_of
 from bayesprune.cli.method_spec import UNUSED_FIT, check_method, layer_selector, method_layers
 from bayesprune.cli.pretrained import (
     check_pretrain,
@@ -61,7 +64,17 @@ from bayesprune.nn import BayesianNet, sparsify
 from bayesprune.priors import from_config as prior_from_config
 from bayesprune.zoo import build as build_network
 
-SECTIONS = ("network", "data", "prior", "guide", "fit", "collapse", "pretrain", "method")
+SECTIONS = (
+    "network",
+    "data",
+    "prior",
+    "guide",
+    "fit",
+    "collapse",
+    "pretrain",
+    "method",
+    "budget",
+)
 #: sections a ``[method]`` spec cannot have (the method is its prior, guide and collapse)
 NOT_WITH_METHOD = ("prior", "guide", "collapse", "pretrain")
 #: ``[data]`` keys for the training loader, not for the data set's loader
@@ -107,6 +120,8 @@ class Spec:
     #: ``[method]``: a baseline instead of a prior (empty: a prior spec); ``prior`` is then
     #: the flat ``{"name": "dense"}`` the method's fits run under
     method: dict[str, Any] = field(default_factory=dict)
+    #: ``[budget]``: one measure and the controller's settings (empty: no budget)
+    budget: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> Spec:
@@ -152,6 +167,8 @@ class Spec:
             raise SpecError(
                 f"{source}: unknown key(s) {bad} in [collapse]; known: {list(COLLAPSE_KEYS)}"
             )
+        if raw.get("budget") == {}:  # an empty table would be no budget, silently
+            check_budget_section({}, source)
         data = raw.get("data") or {"name": "fashion-mnist"}
         if "name" not in data:
             raise SpecError(f'{source}: [data] needs a name (e.g. name = "fashion-mnist")')
@@ -165,6 +182,7 @@ class Spec:
             source=source,
             pretrain=raw.get("pretrain") or {},
             method=method or {},
+            budget=raw.get("budget") or {},
         )
         spec.validate()
         return spec
@@ -198,6 +216,8 @@ class Spec:
             out["method"] = self.method
         if self.pretrain:
             out["pretrain"] = self.pretrain
+        if self.budget:
+            out["budget"] = self.budget
         return out
 
     def validate(self) -> None:
@@ -248,6 +268,24 @@ class Spec:
             )
         if not isinstance(c.get("by", ""), str):
             raise SpecError(f"{self.source}: [collapse] by must be a string, got {c['by']!r}")
+        if self.budget:
+            self._validate_budget()
+
+    def _validate_budget(self) -> None:
+        """``[budget]``: its keys, and that nothing else decides the network's size."""
+        if self.method:
+            raise SpecError(
+                f"{self.source}: [method] and [budget] cannot go together: a baseline prunes "
+                "to its own [method] keep (no prior whose strength a fit could steer); drop "
+                "one of them"
+            )
+        if self.collapse:
+            key = sorted(self.collapse)[0]
+            raise SpecError(
+                f"{self.source}: [collapse] {key} and [budget] cannot go together: the budget "
+                "decides the cut (collapse to the budget); drop [collapse] or [budget]"
+            )
+        check_budget_section(self.budget, self.source, self.build_prior())
 
     def _validate_start(self) -> None:
         """``[pretrain]``, ``[network] pretrained``, and a jackpot's need for one of them."""
@@ -421,9 +459,17 @@ class Spec:
             raise SpecError(f"{self.source}: [guide] {e}") from None
 
     def fit_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.fit.items()}
+        """``fit``'s keyword arguments: ``[fit]``, and with ``[budget]`` a new
+        ``budget=BudgetControl(...)``."""
+        kw = {k: v for k, v in self.fit.items()}
+        if self.budget:
+            kw["budget"] = control_of(self.budget)
+        return kw
 
     def collapse_kwargs(self) -> dict[str, Any]:
+        """``collapse``'s keyword arguments: ``[collapse]``, or ``budget=Budget(...)``."""
+        if self.budget:
+            return {"budget": budget_of(self.budget)}
         return dict(self.collapse)
 
 

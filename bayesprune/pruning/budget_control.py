@@ -93,6 +93,9 @@ class BudgetControl:
         held (1: never; the fit then ends at the controller's size, not exactly at the
         budget, and ``collapse(budget=...)`` makes the cut).
     :param gain: ``k_i``, the integral gain per update (``k_p = 4 k_i``).
+    :param start: the multiplier's starting value: a fraction of the configured strength,
+        so that the fit starts gently and the controller raises it as the target falls
+        (a strong start closes gates before the network has learnt which units matter).
     :param lookahead: optimizer steps ahead the size is predicted and compared with the
         target (0: the size now).
     """
@@ -107,6 +110,7 @@ class BudgetControl:
         settle: float = 0.85,
         gain: float = 0.05,
         lookahead: int = 200,
+        start: float = 0.1,
     ) -> None:
         if not isinstance(budget, Budget):
             raise ConfigError(f"fit: budget must be a bayesprune.Budget, got {budget!r}")
@@ -123,26 +127,39 @@ class BudgetControl:
             raise ConfigError(
                 f"BudgetControl: lookahead must be an integer >= 0, got {lookahead!r}"
             )
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0:
+            raise ConfigError(f"BudgetControl: start must be > 0, got {start!r}")
         self.budget, self.every, self.gain = budget, every, float(gain)
+        self.start = float(start)
         self.lookahead = lookahead
         self.model: CostModel | None = None
         self._weights_hold: HoldMasks | None = None
 
     # --- set-up ---------------------------------------------------------------------------
+    def check(self, net: Any, guide: Any) -> None:
+        """Refuse, before anything is trained or written, a budget this net's prior cannot
+        be steered to (:func:`~bayesprune.pruning.budget_cost.check_budget`) or whose cut
+        this guide cannot hold.
+
+        :raises ConfigError: naming the measure, the prior or the guide.
+        """
+        check_budget(net, self.budget)
+        if net.gates:
+            return
+        for s in net.sites:  # HALO's cut is held on the weights: only a MAP guide can
+            if s.role == "weight":
+                try:
+                    trained_tensor(net, guide, s.replaces)
+                except ConfigError:
+                    raise ConfigError(
+                        f"Budget: {type(guide).__name__} cannot express the cut network "
+                        f"(site {s.name!r} would stay random after its weights are cut); "
+                        "fit a budget for this prior with a MAP guide"
+                    ) from None
+
     def on_fit_start(self, state: FitState) -> None:
         net = state.net
-        check_budget(net, self.budget)
-        if self.budget.metric in ("weights", "units") and not net.gates:
-            for s in net.sites:  # HALO's cut is held on the weights: only a MAP guide can
-                if s.role == "weight":
-                    try:
-                        trained_tensor(net, state.guide, s.replaces)
-                    except ConfigError:
-                        raise ConfigError(
-                            f"Budget: {type(state.guide).__name__} cannot express the cut "
-                            f"network (site {s.name!r} would stay random after its weights "
-                            "are cut); fit a budget for this prior with a MAP guide"
-                        ) from None
+        self.check(net, state.guide)
         if not state.steps_per_epoch:
             raise ConfigError(
                 "Budget: a budgeted fit needs the number of batches per epoch, and this "
@@ -150,15 +167,18 @@ class BudgetControl:
             )
         self.model = CostModel(net, self.budget)
         self.total = max(state.epochs * state.steps_per_epoch, 1)
-        self.cut_step = math.ceil(self.settle * self.total) if self.settle < 1 else None
+        # steps are counted done: the cut comes after step ceil(settle·T), the last at worst
+        self.cut_step = min(math.ceil(self.settle * self.total), self.total)
+        if self.settle >= 1:
+            self.cut_step = None
         stash = state.stash.setdefault("budget", {})
-        if "start" not in stash:
-            start = self._sizes(state)
+        if "s0" not in stash:
+            sizes = self._sizes(state)
             stash.update(
-                log_i=[0.0] * len(start),
-                start=start,
-                last=[start, 0],
-                rate=[0.0] * len(start),
+                log_i=[math.log(self.start)] * len(sizes),
+                s0=sizes,
+                last=[sizes, 0],
+                rate=[0.0] * len(sizes),
                 trace=[],
                 cut=False,
             )
@@ -216,7 +236,7 @@ class BudgetControl:
             }
 
     def on_step_end(self, state: FitState) -> None:
-        step = state.global_step
+        step = state.global_step + 1  # steps done (the loop counts this one after the hooks)
         stash = state.stash["budget"]
         if stash["cut"]:
             self._hold(state)
@@ -237,7 +257,7 @@ class BudgetControl:
         ahead = (step + self.lookahead) / self.total
         targets = [
             target_at(ahead, s0=s0, budget=b, warmup=self.warmup, ramp=self.ramp)
-            for s0, b in zip(stash["start"], self._targets(), strict=True)
+            for s0, b in zip(stash["s0"], self._targets(), strict=True)
         ]
         log_i, log_m = [], []
         for i, (size, target) in enumerate(zip(sizes, targets, strict=True)):
@@ -266,7 +286,7 @@ class BudgetControl:
         stash["log_i"] = stash["log_m"] = [0.0] * len(stash["log_i"])
         self._apply(state, stash)
         stash["report"] = {
-            "step": state.global_step,
+            "step": state.global_step + 1,
             "posterior": report.posterior,
             "final": report.final,
             "cut": report.cut,

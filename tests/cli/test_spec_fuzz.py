@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bayesprune.budget import METRICS
+from bayesprune.cli.budget_spec import CONTROL_KEYS
 from bayesprune.cli.spec import COLLAPSE_KEYS, FIT_DEFAULTS, LOADER_KEYS, SECTIONS, Spec
 from bayesprune.errors import SpecError
 from bayesprune.guides import _REGISTRY as GUIDES
@@ -41,6 +43,7 @@ KEYS: dict[str, list[str]] = {
     "guide": ["name", "init_scale"],
     "fit": sorted(FIT_DEFAULTS),
     "collapse": list(COLLAPSE_KEYS),
+    "budget": [*METRICS, *CONTROL_KEYS],
 }
 NAMES = {
     "network": ["lenet300", "lenet5", "resnet20"],
