@@ -32,6 +32,7 @@ bayesprune.errors.ConfigError: Budget: give exactly one of weights, units, param
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Mapping
@@ -46,16 +47,15 @@ METRICS = ("weights", "units", "params", "flops")
 
 
 def _fraction(field: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-        or not 0 < float(value) <= 1
-    ):
+    number = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an int too large for a float: out of range
+            number = float(value)
+    if not (math.isfinite(number) and 0 < number <= 1):
         raise ConfigError(
             f"Budget: {field} must be a fraction of the dense network in (0, 1], got {value!r}"
         )
-    return float(value)
+    return number
 
 
 class Budget:
@@ -157,7 +157,11 @@ class Budget:
         return isinstance(other, Budget) and self.config() == other.config()
 
     def __hash__(self) -> int:
-        return hash(repr(self))
+        # equal budgets hash alike: a per-layer table compares as a dict, in any order
+        value = self._value
+        return hash(
+            (self._metric, tuple(sorted(value.items())) if isinstance(value, dict) else value)
+        )
 
     def __repr__(self) -> str:
         return f"Budget({self._metric}={self._value!r})"

@@ -60,12 +60,14 @@ def inputs() -> Callable[[str, int], torch.Tensor]:
 
 @pytest.fixture(params=["weight", "unit"])
 def net(request, nets):
-    """The conv net under a HALO prior (initial scale 0.3), per weight and per unit."""
+    """The conv net under a HALO prior (initial scale 0.3), per weight and per unit, on
+    every layer (the output layer too, which per-unit HALO leaves out by default)."""
     from bayesprune import sparsify
     from bayesprune.priors import HALO
 
     torch.manual_seed(1)
-    return sparsify(nets["conv"](), HALO(per=request.param, init_scale=0.3))
+    prior = HALO(per=request.param, init_scale=0.3)
+    return sparsify(nets["conv"](), prior, layers=(nn.Conv2d, nn.Linear))
 
 
 @pytest.fixture(scope="session")

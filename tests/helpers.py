@@ -309,3 +309,27 @@ def small_art(**overrides: Any):
         max_regularise=3,
     )
     return HyperSparse(**(kw | overrides))
+
+
+def extracted_count(net, keep: dict, metric: str) -> float:
+    """The size of ``extract(net, keep)`` in a budget's measure (the ``metric`` of a
+    :class:`~bayesprune.budget.Budget`), counted on what ``keep`` builds, not modelled:
+    ``params`` and ``flops`` (MACs per example on ``net.example_input``) of the extracted
+    network; ``units`` the units (blocks) the keep-sets keep; ``weights`` the nonzero
+    weights of the prior's layers in the extracted network."""
+    from bayesprune.metrics import count_flops, count_parameters
+    from bayesprune.pruning import extract
+
+    if metric == "units":
+        return float(
+            sum(
+                (0 if k.identity else 1) if k.units is None else len(k.units) for k in keep.values()
+            )
+        )
+    small = extract(net, keep)
+    if metric == "params":
+        return float(count_parameters(small)["params"])
+    if metric == "flops":
+        return float(count_flops(small, net.example_input[:1])["macs"])
+    assert metric == "weights", metric
+    return float(sum(int((small.get_submodule(n).weight != 0).sum()) for n in keep))

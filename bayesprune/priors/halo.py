@@ -80,6 +80,13 @@ class HALO(Prior):
         self.per = per
         self.init_scale = float(init_scale)
 
+    def default_selection(self, module: nn.Module, names: list[str]) -> list[str]:
+        """Per weight: every Linear/Conv. Per unit: all but the last in module order -- the
+        output layer's units are the classes, which a structured cut must not remove."""
+        if self.per == "unit" and len(names) > 1:
+            return names[:-1]
+        return names
+
     # --- sites -------------------------------------------------------------------------
     def layer_sites(self, name: str, layer: nn.Module) -> list[Site]:
         self.check_layer(name, layer)

@@ -22,8 +22,11 @@ multiplied by ``m = exp(log m)`` (:attr:`~bayesprune.priors.base.Prior.strength`
   above its target gets a stronger prior, one heading below it a weaker one. Predicting
   matters because removal is not reversible in practice -- a gate at θ = 0 gets no
   likelihood gradient through a ReLU and live removal cuts its unit out -- so the size must
-  approach the budget from above without overshooting. ``m`` stays within
-  ``[1e-4, 1e4]`` of the prior's configured strength.
+  approach the budget from above without overshooting: the controller aims a ``margin``
+  above the budget (the cut trims the rest), and backs off three times faster than it
+  presses on. ``m`` starts at ``start`` (a tenth of the configured strength: a strong start
+  closes gates before the network has learnt which units matter) and stays within
+  ``[1e-4, 1e4]`` of the configured strength.
 - **Cut** at ``settle·T``: the posterior is cut to the budget exactly
   (:func:`~bayesprune.pruning.budget_cut.budget_masks`, the rule ``collapse(budget=...)``
   uses) and held there for the rest of the fit while the weights go on training under the
@@ -93,11 +96,12 @@ class BudgetControl:
         held (1: never; the fit then ends at the controller's size, not exactly at the
         budget, and ``collapse(budget=...)`` makes the cut).
     :param gain: ``k_i``, the integral gain per update (``k_p = 4 k_i``).
-    :param start: the multiplier's starting value: a fraction of the configured strength,
-        so that the fit starts gently and the controller raises it as the target falls
-        (a strong start closes gates before the network has learnt which units matter).
+    :param start: the multiplier's starting value (a fraction of the configured strength).
+    :param margin: the controller aims at ``budget · (1 + margin)``; the cut at ``settle``
+        removes the rest, so a lagging controller still ends at the budget.
     :param lookahead: optimizer steps ahead the size is predicted and compared with the
-        target (0: the size now).
+        target (0: the size now); default 200 (about the steps a gate takes from 0.9 to 0
+        at lr 1e-2), at most a twentieth of the fit.
     """
 
     def __init__(
@@ -107,10 +111,11 @@ class BudgetControl:
         every: int = 10,
         warmup: float = 0.05,
         ramp: float = 0.6,
-        settle: float = 0.85,
+        settle: float = 0.7,
         gain: float = 0.05,
-        lookahead: int = 200,
+        lookahead: int | None = None,
         start: float = 0.1,
+        margin: float = 0.05,
     ) -> None:
         if not isinstance(budget, Budget):
             raise ConfigError(f"fit: budget must be a bayesprune.Budget, got {budget!r}")
@@ -123,14 +128,18 @@ class BudgetControl:
             raise ConfigError("BudgetControl: need warmup <= ramp <= settle")
         if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain > 0:
             raise ConfigError(f"BudgetControl: gain must be > 0, got {gain!r}")
-        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+        if lookahead is not None and (
+            isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0
+        ):
             raise ConfigError(
                 f"BudgetControl: lookahead must be an integer >= 0, got {lookahead!r}"
             )
         if isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0:
             raise ConfigError(f"BudgetControl: start must be > 0, got {start!r}")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+            raise ConfigError(f"BudgetControl: margin must be >= 0, got {margin!r}")
         self.budget, self.every, self.gain = budget, every, float(gain)
-        self.start = float(start)
+        self.start, self.margin = float(start), float(margin)
         self.lookahead = lookahead
         self.model: CostModel | None = None
         self._weights_hold: HoldMasks | None = None
@@ -167,6 +176,9 @@ class BudgetControl:
             )
         self.model = CostModel(net, self.budget)
         self.total = max(state.epochs * state.steps_per_epoch, 1)
+        self.ahead = (
+            self.lookahead if self.lookahead is not None else min(200, math.ceil(self.total / 20))
+        )
         # steps are counted done: the cut comes after step ceil(settle·T), the last at worst
         self.cut_step = min(math.ceil(self.settle * self.total), self.total)
         if self.settle >= 1:
@@ -197,8 +209,10 @@ class BudgetControl:
         return [None] if per is None else sorted(per)
 
     def _targets(self) -> list[float]:
+        """What the controller aims at: the budget plus the margin the cut trims off."""
         per = self.budget.per_layer
-        return [self.budget.fraction] if per is None else [per[n] for n in sorted(per)]
+        fractions = [self.budget.fraction] if per is None else [per[n] for n in sorted(per)]
+        return [min(f * (1 + self.margin), 1.0) for f in fractions]
 
     # --- measuring ------------------------------------------------------------------------
     @torch.no_grad()
@@ -254,7 +268,7 @@ class BudgetControl:
             for r, s, b in zip(stash["rate"], sizes, before, strict=True)
         ]
         stash["last"], stash["rate"] = [sizes, step], rate
-        ahead = (step + self.lookahead) / self.total
+        ahead = (step + self.ahead) / self.total
         targets = [
             target_at(ahead, s0=s0, budget=b, warmup=self.warmup, ramp=self.ramp)
             for s0, b in zip(stash["s0"], self._targets(), strict=True)
@@ -263,8 +277,10 @@ class BudgetControl:
         for i, (size, target) in enumerate(zip(sizes, targets, strict=True)):
             # where the size is heading: shrinking sizes keep shrinking for a while (gates
             # already on their way to 0), so steer on the size ``lookahead`` steps on
-            predicted = size + self.lookahead * min(rate[i], 0.0)
+            predicted = size + self.ahead * min(rate[i], 0.0)
             e = math.log(max(predicted, 0.2 * size, 1e-12) / max(target, 1e-12))
+            if e < 0:  # heading below the target: back off fast, removal is not undone
+                e *= 3.0
             integral = min(max(stash["log_i"][i] + self.gain * e, -LOG_RANGE), LOG_RANGE)
             log_i.append(integral)
             log_m.append(min(max(integral + 4 * self.gain * e, -LOG_RANGE), LOG_RANGE))

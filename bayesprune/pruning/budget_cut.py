@@ -123,6 +123,8 @@ def budget_masks(
     floor = 0 if is_block_net(net) else int(min_units)
     names = list(scores)
     sizes = [scores[n].numel() for n in names]
+    # collapse keeps min(min_units, units of the layer): a layer smaller than min_units whole
+    floors = [min(floor, size) for size in sizes]
     keep = {n: scores[n] > threshold for n in names}
     posterior = model.size({n: float(keep[n].sum()) for n in names})
     # the removal order over every kept unit: lowest score first, ties by weight norm
@@ -137,12 +139,12 @@ def budget_masks(
     order = torch.argsort(torch.cat(key2), stable=True)
     order = order[torch.argsort(torch.cat(key1)[order], stable=True)]
     counts = [int(keep[n].sum()) for n in names]
-    # the removals allowed in that order: a layer never drops below `floor` units
+    # the removals allowed in that order: a layer never drops below its floor
     allowed: list[int] = []
     left = list(counts)
     for j in order.tolist():
         i = int(layer_ix_t[j])
-        if left[i] > floor:
+        if left[i] > floors[i]:
             left[i] -= 1
             allowed.append(j)
     seq = torch.tensor(allowed, dtype=torch.long)
@@ -150,11 +152,11 @@ def budget_masks(
     def kept_after(k: int) -> dict[str, float]:
         gone = torch.bincount(layer_ix_t[seq[:k]], minlength=len(names)).tolist()
         # a layer the posterior emptied below min_units is refilled (zeroed units count)
-        return {n: float(max(counts[i] - gone[i], floor)) for i, n in enumerate(names)}
+        return {n: float(max(counts[i] - gone[i], floors[i])) for i, n in enumerate(names)}
 
     per = budget.per_layer
     if per is not None:
-        seq = _per_layer_removals(names, seq, layer_ix_t, counts, per, model, floor)
+        seq = _per_layer_removals(names, seq, layer_ix_t, counts, per, model, floors)
         k_min = seq.numel()
     else:
         target = budget.fraction
@@ -222,7 +224,7 @@ def _per_layer_removals(
     counts: list[int],
     per: dict[str, float],
     model: CostModel,
-    floor: int,
+    floors: list[int],
 ) -> Tensor:
     """The removals (in order) that leave every named layer within its own fraction: each
     named layer's lowest-scored units beyond its cap; layers not named keep their
@@ -232,10 +234,10 @@ def _per_layer_removals(
         if n not in per:
             continue
         cap = math.floor(per[n] * model.units_built[n] + 1e-9)
-        if cap < floor:
+        if cap < floors[i]:
             raise ConfigError(
                 f"Budget: units[{n!r}]={per[n]:g} leaves {cap} of {model.units_built[n]} "
-                f"units, fewer than min_units={floor}"
+                f"units, fewer than min_units={floors[i]}"
             )
         want[i] = max(counts[i] - cap, 0)
     taken = {i: 0 for i in want}

@@ -180,10 +180,20 @@ def collapse(
     if scope not in ("global", "layer"):
         raise ConfigError(f"collapse: scope must be 'global' or 'layer', got {scope!r}")
     if budget is not None:
-        if rule != "score" or keep is not None or threshold is not None or options:
+        given = [
+            name
+            for name, v in (
+                ("keep", keep),
+                ("threshold", threshold),
+                ("max_risk", max_risk),
+                ("rule", None if rule == "score" else rule),
+                ("scope", None if scope == "global" else scope),
+            )
+            if v is not None
+        ] + sorted(options)
+        if given:
             raise ConfigError(
-                "collapse: budget= decides the cut by itself; drop keep, threshold, rule and "
-                "scoring options"
+                f"collapse: budget= decides the cut by itself; drop {', '.join(given)}"
             )
         return _collapse_to_budget(net, point, budget, min_units)
     if rule == "inclusion":

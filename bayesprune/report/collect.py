@@ -34,7 +34,9 @@ from bayesprune.sites import join
 
 __all__ = [
     "Missing",
+    "NotUsed",
     "accuracy_curve",
+    "budget_history",
     "calibration",
     "elbo",
     "element_totals",
@@ -50,6 +52,11 @@ __all__ = [
 
 class Missing(Exception):
     """The data a figure needs is absent; the message says why."""
+
+
+class NotUsed(Missing):
+    """The run did not use what the figure is about (a budget): the report leaves the
+    figure out without a note."""
 
 
 def _group(idata: Any, name: str) -> Any:
@@ -123,6 +130,62 @@ def units_history(idata: Any, result: Any) -> tuple[list[int], dict[str, list[in
     epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(records)]
     layers = list(records[-1]["units"])
     return epochs, {n: [int(h["units"].get(n, 0)) for h in records] for n in layers}
+
+
+def budget_history(result: Any) -> dict[str, Any]:
+    """What a budgeted fit recorded (:mod:`bayesprune.pruning.budget_control`), from
+    ``result.history[i]["budget_trace"]`` and ``["budget"]``:
+
+    - ``metric``, ``target``: the budget (a fraction, or ``{layer: fraction}`` per layer);
+    - ``layers``: ``None``, or the layers of a per-layer units budget, in the trace's order;
+    - ``steps``: the optimizer step of every controller update, over all epochs;
+    - ``multiplier``, ``size``, ``schedule``: the prior's strength multiplier, the
+      posterior's size (fraction of the dense network) and the scheduled target it was
+      steered to, at each update: shape ``(updates,)``, or ``(updates, layers)``;
+    - ``cut``: ``{"step", "posterior", "final", "cut"}`` when the posterior was cut to the
+      budget during the fit, else ``None``;
+    - ``final``: the last epoch's ``{"multiplier", "size", "phase"}``;
+    - ``end``: the fit's last optimizer step (from ``result.elbo_steps``), or ``None``.
+
+    >>> from types import SimpleNamespace
+    >>> h = [{"budget": {"metric": "flops", "target": 0.5, "multiplier": 1.0, "size": 0.5,
+    ...                  "phase": "steer"}, "budget_trace": [[0, 1.2, 0.9, 0.8]]}]
+    >>> b = budget_history(SimpleNamespace(history=h, elbo_steps=[20]))
+    >>> b["steps"], b["size"].tolist(), b["cut"], b["end"]
+    ([0], [0.9], None, 20)
+
+    :raises NotUsed: the fit had no budget (or no FitResult/history was given).
+    """
+    history = [h for h in getattr(result, "history", None) or [] if isinstance(h, Mapping)]
+    records = [h for h in history if isinstance(h.get("budget"), Mapping)]
+    rows = [row for h in records for row in h.get("budget_trace") or []]
+    if not records or not rows:
+        raise NotUsed("the fit had no budget (no 'budget_trace' in the history)")
+    last = records[-1]["budget"]
+    target = last.get("target")
+    layers = sorted(target) if isinstance(target, Mapping) else None
+    n = 1 if layers is None else len(layers)
+
+    def column(i: int) -> np.ndarray:
+        values = np.asarray([row[i] for row in rows], dtype=float)
+        if values.shape != ((len(rows),) if layers is None else (len(rows), n)):
+            raise Missing(f"the budget trace's rows do not hold {n} value(s) per column")
+        return values
+
+    cuts = [h["budget"]["cut_report"] for h in records if "cut_report" in h["budget"]]
+    steps = list(getattr(result, "elbo_steps", None) or [])
+    return {
+        "metric": str(last.get("metric")),
+        "target": dict(target) if layers is not None else float(target),
+        "layers": layers,
+        "steps": [int(row[0]) for row in rows],
+        "multiplier": column(1),
+        "size": column(2),
+        "schedule": column(3),
+        "cut": dict(cuts[0]) if cuts else None,
+        "final": {k: last.get(k) for k in ("multiplier", "size", "phase")},
+        "end": int(steps[-1]) if steps else None,
+    }
 
 
 def inclusion(idata: Any, layers: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -14,7 +14,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cost_rows", "explanations", "khat_verdict", "key_number_rows", "setting_rows"]
+from bayesprune.report.plots import _label
+
+__all__ = [
+    "budget_rows",
+    "cost_rows",
+    "explanations",
+    "khat_verdict",
+    "key_number_rows",
+    "setting_rows",
+]
 
 
 def _num(x: Any) -> float | None:
@@ -78,6 +87,68 @@ def key_number_rows(attrs: Mapping[str, Any], chosen: float | None) -> list[tupl
                 "Kept fraction",
                 _pct(chosen),
                 "of the original network's prunable elements, by the collapse used",
+            )
+        )
+    return rows
+
+
+def _fractions(v: Any, layers: list[str] | None) -> str:
+    """A size as a percentage, or ``layer pct, ...`` for a per-layer one."""
+    if layers is None or isinstance(v, (int, float)):
+        return _pct(float(v))
+    return ", ".join(f"{_label(n)} {_pct(float(x))}" for n, x in zip(layers, v, strict=True))
+
+
+def budget_rows(b: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Key-number rows of a budgeted fit, from :func:`bayesprune.report.collect.budget_history`:
+    the budget, the posterior's size when it was cut to it, and the size at the end.
+
+    >>> b = {"metric": "flops", "target": 0.5, "layers": None, "final": {"size": 0.48,
+    ...      "phase": "cut"}, "cut": {"step": 90, "posterior": 0.7, "final": 0.48, "cut": 5}}
+    >>> [r[:2] for r in budget_rows(b)]
+    [('Budget', 'flops 50.00%'), ('Budget: size at the cut', '70.00%'), ('Budget: final size', '48.00%')]
+    """
+    metric, layers = str(b["metric"]), b.get("layers")
+    target = b["target"]
+    value = (
+        f"{metric} {_pct(float(target))}"
+        if layers is None
+        else f"{metric}: " + _fractions([target[n] for n in layers], layers)
+    )
+    of = {
+        "weights": "prunable weights kept nonzero",
+        "units": "gated units kept" + (", per layer" if layers is not None else ""),
+        "params": "parameters of the whole network",
+        "flops": "MACs per example of the whole network",
+    }.get(metric, metric)
+    rows = [
+        ("Budget", value, f"fit(budget=...): at most this fraction of the dense network's {of}")
+    ]
+    cut = b.get("cut")
+    if cut is not None:
+        over = " of all gated units" if layers is not None else ""
+        rows.append(
+            (
+                "Budget: size at the cut",
+                _pct(float(cut["posterior"])),
+                f"step {int(cut['step'])}: the size{over} the posterior's own rule kept; the "
+                f"cut removed {int(cut['cut'])} more elements, to {_pct(float(cut['final']))}",
+            )
+        )
+    final = b.get("final") or {}
+    if final.get("size") is not None:
+        held = final.get("phase") == "cut"
+        rows.append(
+            (
+                "Budget: final size",
+                _fractions(final["size"], layers),
+                "end of the fit; "
+                + (
+                    "held since the cut"
+                    if held
+                    else "the controller's last measure: the posterior was not cut during "
+                    "the fit (collapse(budget=...) cuts it)"
+                ),
             )
         )
     return rows

@@ -22,10 +22,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = [
     "accuracy_vs_kept",
+    "budget_trace",
     "cost_before_after",
     "elbo_trace",
     "inclusion_histograms",
@@ -69,13 +71,17 @@ def _log_if_wide(ax, values: np.ndarray, axis: str) -> None:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
-def _legend(ax, n: int) -> None:
+def _legend(ax, n: int, **kw) -> None:
     """Inside the axes for a few entries; outside, to the right, for many."""
     if n <= 6:
-        ax.legend(fontsize="small", framealpha=0.9)
+        ax.legend(fontsize="small", framealpha=0.9, **kw)
     else:
         ax.legend(
-            fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=1 + n // 20
+            fontsize="x-small",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            ncols=1 + n // 20,
+            **kw,
         )
 
 
@@ -127,6 +133,161 @@ def units_alive(
     ax.grid(alpha=0.3)
     _legend(ax, len(units))
     return fig
+
+
+#: what a budget's size is a fraction of, per metric (axis labels)
+BUDGET_OF = {
+    "weights": "prunable weights",
+    "units": "gated units",
+    "params": "parameters",
+    "flops": "FLOPs",
+}
+CUT = "#c23030"
+
+
+def budget_trace(
+    steps: Sequence[int],
+    multiplier: np.ndarray,
+    size: np.ndarray,
+    schedule: np.ndarray,
+    *,
+    budget: float | Sequence[float],
+    metric: str,
+    layers: Sequence[str] | None = None,
+    cut_step: int | None = None,
+    after_cut: tuple[Sequence[float], Sequence[float]] | None = None,
+    end: int | None = None,
+) -> Figure:
+    """A budgeted fit's controller: the prior's strength multiplier (top, log scale) and
+    the posterior's size against its target (bottom), per controller update.
+
+    :param steps: optimizer step of each update.
+    :param multiplier: the multiplier ``m`` at each update, ``(updates,)`` or
+        ``(updates, layers)`` for a per-layer budget.
+    :param size: the posterior's size at each update, a fraction of the dense network
+        (same shape).
+    :param schedule: the target the update steered to (same shape).
+    :param budget: the budget's fraction (one per layer for a per-layer budget).
+    :param metric: what the size counts (``"weights"``, ``"units"``, ``"params"``,
+        ``"flops"``).
+    :param layers: the layers of a per-layer budget (one line each), or ``None``.
+    :param cut_step: the step at which the posterior was cut to the budget.
+    :param after_cut: ``(multipliers, sizes)`` from the cut to ``end`` (one per line).
+    :param end: the fit's last step (the held values after the cut are drawn up to it).
+    """
+    x = np.asarray(steps, dtype=float)
+    m = np.asarray(multiplier, dtype=float).reshape(len(x), -1)
+    s = 100 * np.asarray(size, dtype=float).reshape(len(x), -1)
+    t = 100 * np.asarray(schedule, dtype=float).reshape(len(x), -1)
+    b = 100 * np.atleast_1d(np.asarray(budget, dtype=float))
+    names = ["posterior"] if layers is None else [_label(n) for n in layers]
+    colors = [AFTER] if layers is None else [f"C{i % 10}" for i in range(len(names))]
+    fig = _figure(7.5, 6.6)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.25])
+    dots = {"marker": "o", "ms": 3} if len(x) <= 30 else {}
+    # every line is labelled by what it shows (the legend is built from proxies below)
+    for j, (name, c) in enumerate(zip(names, colors, strict=True)):
+        top.plot(x, m[:, j], color=c, lw=1.4, label=f"multiplier: {name}", **dots)
+        bottom.plot(x, s[:, j], color=c, lw=1.4, label=f"size: {name}", **dots)
+        bottom.plot(x, t[:, j], color=c, lw=1.0, ls="--", label=f"target: {name}")
+        bottom.axhline(b[j], color=c, lw=1.0, ls=":", label=f"budget: {name}")
+    top.axhline(1.0, color="black", lw=0.8, ls=(0, (1, 3)), label="configured strength")
+    if cut_step is not None:
+        for ax in (top, bottom):
+            ax.axvline(cut_step, color=CUT, lw=1.3, ls="-.", label="cut")
+    if cut_step is not None and after_cut is not None:
+        xs = [cut_step, max(end, cut_step)] if end is not None else [cut_step]
+        for j, (name, c) in enumerate(zip(names, colors, strict=True)):
+            for ax, v, what in (
+                (top, after_cut[0][j], "multiplier"),
+                (bottom, 100 * after_cut[1][j], "size"),
+            ):
+                ax.plot(
+                    xs,
+                    [v] * len(xs),
+                    color=c,
+                    lw=2.2,
+                    alpha=0.55,
+                    marker="*",
+                    markevery=[0],
+                    ms=10,
+                    label=f"{what} after the cut: {name}",
+                )
+    top.set_yscale("log")
+    _readable_log_ticks(top, [*m.ravel(), 1.0, *(after_cut[0] if after_cut else [])])
+    top.set_ylabel("multiplier m (log scale)")
+    top.set_title(
+        "Prior strength multiplier m (dotted: 1, the prior as configured)"
+        + ("\none line per layer, colours as below" if layers is not None else "")
+    )
+    if layers is None:
+        bottom.set_ylabel(f"size (% of the dense\nnetwork's {BUDGET_OF.get(metric, metric)})")
+    else:
+        bottom.set_ylabel("size (% of the layer's\nunits as built)")
+    bottom.set_xlabel("optimizer step")
+    bottom.set_title(
+        "Posterior's size: measured (solid), scheduled target (dashed), budget (dotted)"
+    )
+    bottom.set_ylim(0, max(105.0, float(np.nanmax(s)) * 1.05))
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3, which="both")
+    handles = [
+        Line2D([], [], color=c, lw=1.4, label=f"{name} (budget {bj:.3g}%)")
+        for name, c, bj in zip(names if layers is not None else ["size"], colors, b, strict=True)
+    ]
+    if cut_step is not None:
+        handles.append(
+            Line2D([], [], color=CUT, lw=1.3, ls="-.", label=f"cut to the budget (step {cut_step})")
+        )
+    if cut_step is not None and after_cut is not None:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="grey",
+                lw=2.2,
+                alpha=0.55,
+                marker="*",
+                ms=10,
+                label="after the cut: held to the end",
+            )
+        )
+    _legend(bottom, len(handles), handles=handles)
+    return fig
+
+
+def _readable_log_ticks(ax, values: Sequence[float]) -> None:
+    """Plain-number labels on a log y axis, never crowded: linear-spaced ticks within a
+    factor of 3, 1-2-5 ticks up to three decades, decades beyond; minor ticks unlabelled."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return
+    lo, hi = float(v.min()), float(v.max())
+    ratio = hi / lo
+    if ratio < 3:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, min_n_ticks=3))
+    else:
+        ax.yaxis.set_major_locator(
+            LogLocator(base=10, subs=(1.0, 2.0, 5.0) if ratio < 1e3 else (1.0,))
+        )
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    pad = min(max(ratio**0.06, 1.02), 2.0)
+    bottom, top = lo / pad, hi * pad
+    if ratio >= 3:  # reach out to a labelled 1-2-5 tick at either end when it is close
+        ticks = [
+            f * 10.0**e
+            for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+            for f in (1, 2, 5)
+        ]
+        below = max(t for t in ticks if t <= lo * 1.0001)
+        above = min(t for t in ticks if t >= hi / 1.0001)
+        if lo / below < 1.6:
+            bottom = min(bottom, below / 1.02)
+        if above / hi < 1.6:
+            top = max(top, above * 1.02)
+    ax.set_ylim(bottom, top)
 
 
 def _grid(n: int) -> tuple[int, int]:

@@ -35,7 +35,13 @@ from bayesprune.report.collect import Missing
 from bayesprune.report.content import Content, FigureEntry
 from bayesprune.report.html import render_html
 from bayesprune.report.markdown import render_markdown
-from bayesprune.report.numbers import cost_rows, explanations, key_number_rows, setting_rows
+from bayesprune.report.numbers import (
+    budget_rows,
+    cost_rows,
+    explanations,
+    key_number_rows,
+    setting_rows,
+)
 
 __all__ = ["original_network", "report"]
 
@@ -144,6 +150,56 @@ def _units(d: _Inputs):
         "Units whose gate probability is above 0 after each epoch, relative to the layer's "
         "original width (epoch 0 = the untrained network)."
     )
+
+
+def _budget(d: _Inputs):
+    if isinstance(d.budget, Missing):
+        raise d.budget
+    b = d.budget
+    layers, cut, final = b["layers"], b["cut"], b["final"]
+    per = layers is not None
+    budget = [b["target"][n] for n in layers] if per else b["target"]
+    after = None
+    if cut is not None and final.get("phase") == "cut":
+        ms, sizes = final["multiplier"], final["size"]
+        after = (ms, sizes) if per else ([ms], [sizes])
+    fig = plots.budget_trace(
+        b["steps"],
+        b["multiplier"],
+        b["size"],
+        b["schedule"],
+        budget=budget,
+        metric=b["metric"],
+        layers=layers,
+        cut_step=None if cut is None else int(cut["step"]),
+        after_cut=after,
+        end=b["end"],
+    )
+    of = {"flops": "FLOPs (multiply-accumulates per example)"}.get(
+        b["metric"], plots.BUDGET_OF.get(b["metric"], b["metric"])
+    )
+    caption = (
+        f"The budgeted fit's controller at each of its {len(b['steps'])} updates"
+        + (", one line per layer of the per-layer budget" if per else "")
+        + ". Top: the multiplier m of the prior's sparsity strength (log scale; dotted: "
+        "m = 1, the prior as configured). Bottom: the posterior's size as the controller "
+        "measured it (for gates the expected size under q, for HALO the elements above "
+        "the prior's threshold), in % of "
+        + ("each layer's units as built" if per else f"the dense network's {of}")
+        + "; the scheduled target each update steered to (the schedule read the "
+        "controller's lookahead ahead of the step); and the budget."
+    )
+    if cut is None:
+        caption += " The posterior was not cut during the fit (collapse(budget=...) cuts it)."
+    elif after is None:
+        caption += f" At step {int(cut['step'])} the posterior was cut to the budget."
+    else:
+        caption += (
+            f" At step {int(cut['step'])} the posterior was cut to the budget and held: the "
+            "controller stops there, m is released, and the stars and thick lines show the "
+            "multiplier and size recorded at the end of the fit."
+        )
+    return fig, caption
 
 
 def _inclusion(d: _Inputs):
@@ -267,6 +323,7 @@ def _cost(d: _Inputs):
 FIGURES: list[tuple[str, str, Callable[[_Inputs], tuple[Any, str]]]] = [
     ("elbo", "Training objective", _elbo),
     ("units_alive", "Units alive during training", _units),
+    ("budget", "Budget: strength multiplier and size over the fit", _budget),
     ("inclusion", "Inclusion probabilities", _inclusion),
     ("shrinkage", "Shrinkage profile (HALO)", _shrinkage),
     ("accuracy_vs_kept", "Accuracy vs kept fraction", _accuracy),
@@ -298,7 +355,8 @@ def report(
 
     :param net: the fitted model.
     :param result: the :class:`~bayesprune.FitResult` (its ``guide``, ELBO trace and
-        history are used), or ``None`` when ``keep`` or ``extracted`` is given.
+        history are used; a budgeted fit's history adds the budget figure and key
+        numbers), or ``None`` when ``keep`` or ``extracted`` is given.
     :param idata: the ``InferenceData`` from :func:`bayesprune.diagnose` (may be ``None``:
         only the figures that need no diagnostics are drawn).
     :param out: folder for the files (created).
@@ -364,10 +422,13 @@ def report(
         after=after,
         removed=unit_origin(net) is not None,
         net_module=net.module,
+        budget=_budget_history(result),
     )
 
     content = Content(title=title or _title(net, attrs))
     content.numbers = key_number_rows(attrs, chosen)
+    if not isinstance(d.budget, Missing):
+        content.numbers += budget_rows(d.budget)
     if data is not None:
         guide = getattr(result, "guide", None)
         if guide is None or keep is None:
@@ -389,6 +450,8 @@ def report(
         entry = FigureEntry(stem, fig_title)
         try:
             fig, entry.caption = make(d)
+        except collect.NotUsed:
+            continue
         except Missing as e:
             entry.skipped = str(e)
             log.info("report: figure %s skipped: %s", stem, e)
@@ -401,6 +464,14 @@ def report(
     html = out / "report.html"
     atomic_write_bytes(html, render_html(content).encode())
     return html
+
+
+def _budget_history(result: Any) -> dict[str, Any] | Missing:
+    """The budget's record, or why there is none (:class:`~collect.NotUsed`: no budget)."""
+    try:
+        return collect.budget_history(result)
+    except Missing as e:
+        return e
 
 
 def _title(net: BayesianNet, attrs: Mapping[str, Any]) -> str:

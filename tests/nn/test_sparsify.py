@@ -52,7 +52,7 @@ def test_module_is_kept_not_copied_and_names_survive():
 
 
 def test_site_shapes_follow_the_layers():
-    net = sparsify(ConvBN(), HALO(per="unit"))
+    net = sparsify(ConvBN(), HALO(per="unit"), layers=(nn.Conv2d, nn.Linear))
     shapes = {s.name: s.shape for s in net.sites}
     assert shapes == {
         "features.0.weight_scale": (2,),
@@ -93,7 +93,7 @@ def test_already_sparsified_is_refused():
     with pytest.raises(TypeError, match="already a BayesianNet"):
         sparsify(net, HALO())
     # its .module can be sparsified again (a new model over the same network)
-    again = sparsify(net.module, HALO(per="unit"))
+    again = sparsify(net.module, HALO(per="unit"), layers=(nn.Conv2d, nn.Linear))
     assert isinstance(again, BayesianNet)
     assert again.module is net.module
 

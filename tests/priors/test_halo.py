@@ -297,7 +297,7 @@ def test_scores(kind, per):
 
 @pytest.mark.parametrize("per", ["weight", "unit"])
 def test_kept_fraction_counts_scores_above_the_tolerance(nets, per):
-    net = sparsify(nets["mlp"](), HALO(per=per))
+    net = sparsify(nets["mlp"](), HALO(per=per), layers=nn.Linear)
     point = {s.name: torch.ones(s.shape) for s in net.sites}
     point["0.weight"][:4] = 0.0  # 4 of the 16 units of layer 0: 32 of its 128 weights
     point["2.weight"][0, 0] = 1e-4  # below report_tol
