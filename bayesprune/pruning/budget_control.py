@@ -60,7 +60,7 @@ from typing import Any
 import torch
 
 from bayesprune.budget import Budget
-from bayesprune.errors import ConfigError
+from bayesprune.errors import CheckpointError, ConfigError
 from bayesprune.guides.base import key
 from bayesprune.inference.callbacks import FitState, register_fit_option
 from bayesprune.priors.weight_masks import HoldMasks, trained_tensor
@@ -184,6 +184,13 @@ class BudgetControl:
         if self.settle >= 1:
             self.cut_step = None
         stash = state.stash.setdefault("budget", {})
+        settings = self.settings()
+        if "settings" in stash and stash["settings"] != settings:  # a resumed fit
+            raise CheckpointError(
+                f"fit: the checkpoint's fit steered to {stash['settings']}, this fit to "
+                f"{settings}: resume with the same budget and controller settings"
+            )
+        stash["settings"] = settings
         if "s0" not in stash:
             sizes = self._sizes(state)
             stash.update(
@@ -202,6 +209,21 @@ class BudgetControl:
                     masks[s.replaces] = trained_tensor(net, state.guide, s.replaces) != 0
             self._weights_hold = HoldMasks(masks)
             self._weights_hold.attach(state)
+
+    def settings(self) -> dict[str, Any]:
+        """The budget and the controller's settings, as JSON values (checkpoints keep them:
+        a resume must steer to the same)."""
+        return {
+            "budget": self.budget.config(),
+            "every": self.every,
+            "warmup": self.warmup,
+            "ramp": self.ramp,
+            "settle": self.settle,
+            "gain": self.gain,
+            "lookahead": self.lookahead,
+            "start": self.start,
+            "margin": self.margin,
+        }
 
     def _layers(self) -> list[str | None]:
         """``None`` (one multiplier) or the layers of a per-layer units budget."""

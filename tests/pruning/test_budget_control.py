@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from bayesprune import Budget, collapse, extract, fit, sparsify
 from bayesprune.distributions.flattening import log_normalizer, optimal_prior_prob
-from bayesprune.errors import ConfigError
+from bayesprune.errors import CheckpointError, ConfigError
 from bayesprune.guides import MAP, MeanField
 from bayesprune.guides.base import key
 from bayesprune.inference import load_checkpoint
@@ -446,3 +446,16 @@ def test_a_killed_budgeted_fit_resumes_exactly(class_data, tmp_path, monkeypatch
     resumed = fit(net, class_data, guide, checkpoint=tmp_path / "b", resume=True, **options, **kw)
     assert_same_fit(straight, resumed)
     assert [h["budget"] for h in records(resumed)] == [h["budget"] for h in records(straight)]
+
+
+def test_a_resume_must_steer_to_the_same_budget(class_data, tmp_path):
+    net, guide = gates_pair()
+    fit(
+        net, class_data, guide, epochs=1, budget=steer(Budget(units=0.3)), checkpoint=tmp_path, **KW
+    )
+    net, guide = gates_pair()
+    with pytest.raises(CheckpointError, match="resume with the same budget"):
+        fit(
+            net, class_data, guide, epochs=2, budget=steer(Budget(units=0.5)),
+            checkpoint=tmp_path, resume=True, **KW,
+        )  # fmt: skip
