@@ -78,19 +78,25 @@ def gate_stats(net, guide, small, data) -> dict:
 
 
 def extracted(net, guide, data, budget, dense_macs: int) -> dict:
-    keep = bp.collapse(net, guide, budget=budget)
+    """Collapse (to ``budget``, or by the prior's threshold when ``None``), extract, score."""
+    keep = bp.collapse(net, guide) if budget is None else bp.collapse(net, guide, budget=budget)
     small = bp.extract(net, keep).eval()
+    n_macs = macs(small, data.test.x)
     out = {
         "test": accuracy(small, data.test.x, data.test.y),
         "val": accuracy(small, data.val.x, data.val.y),
-        "macs": macs(small, data.test.x),
-        "macs_fraction": macs(small, data.test.x) / dense_macs,
-        "posterior_size": keep.budget.posterior,
-        "final_size": keep.budget.final,
-        "cut": keep.budget.cut,
+        "macs": n_macs,
+        "macs_fraction": n_macs / dense_macs,
         "units": {n: int(ks.n_kept) for n, ks in keep.items() if ks.units is not None},
+        "small": small,
     }
-    return out | {"small": small}
+    if keep.budget is not None:
+        out |= {
+            "posterior_size": keep.budget.posterior,
+            "final_size": keep.budget.final,
+            "cut": keep.budget.cut,
+        }
+    return out
 
 
 def halo_run(name: str, data, epochs: int, seed: int, frac: float, dense_macs: int) -> dict:
@@ -131,19 +137,7 @@ def gated_run(
         schedule="cosine", remove_dead=True, budget=budget, progress=False,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    if budget is not None:
-        out = extracted(net, guide, data, budget, dense_macs)
-    else:
-        keep = bp.collapse(net, guide)
-        small = bp.extract(net, keep).eval()
-        out = {
-            "test": accuracy(small, data.test.x, data.test.y),
-            "val": accuracy(small, data.val.x, data.val.y),
-            "macs": macs(small, data.test.x),
-            "macs_fraction": macs(small, data.test.x) / dense_macs,
-            "units": {n: int(ks.n_kept) for n, ks in keep.items()},
-            "small": small,
-        }
+    out = extracted(net, guide, data, budget, dense_macs)
     small = out.pop("small")
     if stats:
         out |= gate_stats(net, guide, small, data)
