@@ -7,7 +7,8 @@ gate lr 1e-2) and ends at the budget (``fit(budget=...)``, then
 ``collapse(budget=...)``): a closed block becomes its shortcut in the extracted network.
 The training split can be subsampled (``--train``) to keep the run short on 2 cores.
 
-    python benchmarks/block_budget_resnet.py [--width 0.5] [--epochs 3] [--budget flops=0.5]
+    python benchmarks/block_budget_resnet.py [--width 0.5] [--epochs 3] [--train 20000]
+        [--budget flops=0.5] [--threads 1]
 
 Writes benchmarks/results/block_budget_resnet.json and prints a Markdown table.
 """
@@ -47,8 +48,11 @@ def main() -> None:
     ap.add_argument("--budget", default="flops=0.5")
     ap.add_argument("--gamma", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=str(RESULTS / "block_budget_resnet.json"))
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     fm = fashion_mnist()
     data = Dataset(
