@@ -14,6 +14,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 # script -> regular expression its last printed line must match in full
 EXAMPLES = {
+    "budget_flops_lenet5.py": r"\d+\.\d\d% of the dense FLOPs \(budget 10%\), test accuracy \d+\.\d\d%",
     "gates_lenet5_report.py": r"report: \S+report\.html",
     "halo_sequential.py": r"test accuracy \d+\.\d\d% with 2\.00% of the weights kept",
     "pyro_svi_loop.py": r"posterior predictive accuracy on \d+ test images: \d+\.\d\d%",
