@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from bayesprune.errors import ConfigError
+from bayesprune.nn.gate_consumers import gate_consumers, input_gate_hook
 from bayesprune.nn.likelihoods import Categorical, Likelihood
 from bayesprune.nn.param_store import expose
 from bayesprune.sites import Context, Site
@@ -74,6 +75,7 @@ class BayesianNet(nn.Module):
         }
         self.example_input: Tensor | None = None
         self._gate_targets: dict[str, str] | None = None
+        self._gate_readers: dict[str, list[tuple[str, int]]] | None = None
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
             raise ConfigError(f"{type(prior).__name__}: duplicate site names {names}")
@@ -139,9 +141,16 @@ class BayesianNet(nn.Module):
         replace parameters, gate values multiply their units' outputs."""
         gates = self.gates
         targets = self.gate_targets(x) if gates else {}
+        readers = self.gate_readers(x) if any(_post(s) for s in gates) else {}
         handles = []
         try:
             for s in gates:
+                if _post(s):  # after the nonlinearity: where the next layers read the unit
+                    for name, repeat in readers[s.layer]:
+                        mod = self.module.get_submodule(name)
+                        hook = input_gate_hook(values[s.name], repeat)
+                        handles.append(mod.register_forward_pre_hook(hook))
+                    continue
                 mod = self.module.get_submodule(targets[s.name])
                 handles.append(mod.register_forward_hook(_gate_hook(values[s.name], s.meta["dim"])))
             with _swapped(self.module, {s.replaces: values[s.name] for s in self.replacing}):
@@ -162,6 +171,19 @@ class BayesianNet(nn.Module):
                 return explicit
             self._gate_targets = _follow_batchnorm(self.module, explicit, x[:1])
         return self._gate_targets
+
+    def gate_readers(self, x: Tensor | None = None) -> dict[str, list[tuple[str, int]]]:
+        """For post-activation gates: the layers that read each gated layer's units and the
+        input features per unit (:func:`~bayesprune.nn.gate_consumers.gate_consumers`).
+        Traced once; cached (names and features per unit survive live removal)."""
+        if self._gate_readers is None:
+            if x is None:
+                x = self.example_input
+            if x is None:
+                raise RuntimeError("gate_readers: no input to trace the network with")
+            layers = [s.layer for s in self.gates if _post(s)]
+            self._gate_readers = gate_consumers(self.module, layers, x[:1].detach())
+        return self._gate_readers
 
     def log_prior(self, values: dict[str, Tensor], ctx: Context) -> Tensor:
         """``Σ log p(sites)`` computed directly (the prior's fused form)."""
@@ -224,6 +246,11 @@ def _swapped(module: nn.Module, overrides: dict[str, Tensor]) -> Iterator[None]:
     finally:
         for mod, attr, old, _ in slots:
             mod._parameters[attr] = old
+
+
+def _post(site: Site) -> bool:
+    """Whether a gate site acts after its unit's nonlinearity (see :mod:`.gate_consumers`)."""
+    return site.meta.get("place") == "post-activation"
 
 
 def _gate_hook(gate: Tensor, dim: int):

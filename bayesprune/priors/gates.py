@@ -74,6 +74,9 @@ from bayesprune.priors.registry import from_config, register
 from bayesprune.priors.unit_costs import COSTS, complexity_prices, unit_costs
 from bayesprune.sites import Context, Site, join
 
+#: where a unit gate multiplies its unit: before or after the nonlinearity
+PLACES = ("pre-activation", "post-activation")
+
 
 def check_gate_args(owner: str, gamma: float, cost: str, init_prob: float) -> None:
     """Validate the hyper-parameters every gate prior shares; errors name ``owner``."""
@@ -224,6 +227,14 @@ class UnitGates(GateSitesMixin, Prior):
     :param weight_prior: prior of the gated layers' weights (default ``Gaussian(1.0)``;
         e.g. :class:`~bayesprune.priors.HALO` composes).
     :param init_prob: starting gate probability θ.
+    :param place: ``"pre-activation"`` (default): the gate multiplies the layer's output
+        (or its BatchNorm's), before the nonlinearity; ``"post-activation"``: it multiplies
+        the unit where the next Conv/Linear layers read it, after the nonlinearity and
+        pooling (:mod:`bayesprune.nn.gate_consumers`). Same network for hard gates under
+        ReLU; the straight-through slope of a closed gate is 0 before a ReLU and the
+        unit's value to the loss after it (``benchmarks/gates_prototype.py``: after is how
+        the plain-PyTorch prototype of ``shared/REFERENCE.md`` reaches its widths).
+        Units coupled by a residual sum or read by grouped convs need ``"pre-activation"``.
     """
 
     name = "gates"
@@ -236,8 +247,12 @@ class UnitGates(GateSitesMixin, Prior):
         cost: str = "uniform",
         weight_prior: Prior | dict[str, Any] | None = None,
         init_prob: float = 0.9,
+        place: str = "pre-activation",
     ) -> None:
         check_gate_args("UnitGates", gamma, cost, init_prob)
+        if place not in PLACES:
+            raise ConfigError(f"UnitGates: place must be one of {PLACES}, got {place!r}")
+        self.place = place
         if isinstance(weight_prior, dict):
             weight_prior = from_config(weight_prior)
         self.gamma = float(gamma)
@@ -280,8 +295,9 @@ class UnitGates(GateSitesMixin, Prior):
         units = int(layer.weight.shape[0])
         gammas = tuple(float(g) for g in self.prices(name, units))
         dim = -1 if isinstance(layer, nn.Linear) else 1
+        extra = (("place", self.place),) if self.place != "pre-activation" else ()
         return [
-            *self.gate_sites(name, (units,), gammas, target=name, dim=dim),
+            *self.gate_sites(name, (units,), gammas, target=name, dim=dim, extra=extra),
             *self.weight_prior.layer_sites(name, layer),
         ]
 
@@ -339,6 +355,8 @@ class UnitGates(GateSitesMixin, Prior):
             "cost": self.cost,
             "weight_prior": self.weight_prior.config(),
             "init_prob": self.init_prob,
+            # the default stays out, so configs (and checkpoint signatures) stay as they were
+            **({"place": self.place} if self.place != "pre-activation" else {}),
         }
 
 
