@@ -114,7 +114,10 @@ def fit(
         tell it (default ``len(loader.dataset)``).
     :param lr: learning rate of the single ``torch.optim`` optimizer.
     :param role_lr: learning rates for guide parameters by site role, e.g.
-        ``{"scale": 1e-2}`` for HALO's shrinkage scales (default: ``lr`` for all).
+        ``{"scale": 1e-2}`` for HALO's shrinkage scales; roles not named take the prior's
+        default (``prior.default_role_lr``: gate priors train their gate probabilities at
+        ``{"gate": 1e-2}``, the rate the gate benchmarks and the prototype use; at ``lr``
+        = 1e-3 the gates hardly reach 0 or 1 in a few epochs), then ``lr``.
     :param optimizer: ``"adam"`` (default), ``"adamw"`` or ``"sgd"`` (momentum 0.9).
     :param weight_decay: the optimizer's weight decay, on network weights only: the guide's
         location of every ``weight`` site and the network's deterministic parameters; never
@@ -226,6 +229,7 @@ def fit(
         remove_dead=remove_dead,
         n_data=n_data,
     )
+    role_lr = {**net.prior.default_role_lr, **(role_lr or {})} or None
     callbacks = [*net.prior.fit_callbacks(), *callbacks]
     if budget is not None:  # a Budget, or a controller built from one
         callbacks.insert(

@@ -50,6 +50,8 @@ class Prior(ABC):
     #: sites replace into the user's module (``False``: the module's weights are data the
     #: prior must keep, e.g. a jackpot's frozen pre-trained weights)
     writes_back: bool = True
+    #: learning rates by site role that ``fit`` uses unless its ``role_lr`` names the role
+    default_role_lr: dict[str, float] = {}  # noqa: RUF012 (read-only class default)
     #: multiplier of the prior's sparsity strength (1 = the strength as configured). A
     #: budgeted fit adapts it (:mod:`bayesprune.pruning.budget_control`); it is fit state,
     #: not a hyper-parameter, so :meth:`config` leaves it out.

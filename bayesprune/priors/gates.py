@@ -143,12 +143,17 @@ def probs_key(site_name: str) -> str:
     return site_name + "#probs"
 
 
+#: gate probabilities train at this rate unless ``fit(role_lr=...)`` says otherwise
+GATE_LR = {"gate": 1e-2}
+
+
 class GateSitesMixin:
     """What every gate prior shares: the prices γ stored on the sites, the hyper-prior and
     Bernoulli of the ``gate_prob``/``gate`` sites, their starting values, and the closed
     form of their part of the ELBO. Used by :class:`UnitGates` and ``BlockGates``."""
 
     init_prob: float
+    default_role_lr = GATE_LR
 
     def gate_sites(
         self,

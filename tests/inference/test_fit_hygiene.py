@@ -179,3 +179,13 @@ def test_resuming_at_or_past_epochs_logs_that_nothing_is_left(nets, class_data, 
     net = _net(nets, HALO())
     more = fit(net, class_data, MAP(net), epochs=3, checkpoint=tmp_path, resume=True, **KW)
     assert [h["epoch"] for h in more.history] == [1, 2, 3]  # the way to continue a fit
+
+
+def test_gate_probabilities_train_at_the_prior_default_rate_unless_told(class_data):
+    """Gate priors train θ at 1e-2 by default (``prior.default_role_lr``); ``role_lr`` wins."""
+    for role_lr, want in ((None, 1e-2), ({"gate": 0.3}, 0.3)):
+        net = sparsify(torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(),
+                                           torch.nn.Linear(6, 3)), UnitGates())  # fmt: skip
+        result = fit(net, class_data, epochs=1, role_lr=role_lr, **KW)
+        rates = result.history[0]["lr"]
+        assert rates["gate"] == want and rates["weight"] == KW["lr"]
