@@ -18,7 +18,8 @@ Test data is only reported; nothing is chosen on it. Wall times are of one proce
 shared machine read them as rough.
 
     python benchmarks/budgets.py [--nets lenet300 lenet5] [--parts halo gates robust]
-        [--epochs 10] [--grid 3 10 30 100 300]
+        [--epochs 10] [--grid 3 10 30 100 300] [--flops-budgets 0.5 0.25 0.1]
+        [--place pre-activation|post-activation] [--no-dense] [--out PATH]
 
 Writes benchmarks/results/budgets.json (``--out``) and prints Markdown tables.
 """
@@ -126,9 +127,10 @@ def gated_run(
     frac: float | None = None,
     width: float = 1.0,
     stats: bool = True,
+    place: str = "pre-activation",
 ) -> dict:
     torch.manual_seed(seed)
-    net = bp.sparsify(build(name, width=width), UnitGates(gamma, cost="flops"))
+    net = bp.sparsify(build(name, width=width), UnitGates(gamma, cost="flops", place=place))
     guide = MAP(net)
     budget = Budget(flops=frac) if frac is not None else None
     t0 = time.perf_counter()
@@ -258,7 +260,15 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["halo", "gates", "robust"])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid", nargs="+", type=float, default=[3.0, 10.0, 30.0, 100.0, 300.0])
+    ap.add_argument(
+        "--grid", nargs="+", type=float, default=[3.0, 10.0, 30.0, 100.0, 300.0],
+        help="fixed γ to compare with (0: none)",
+    )  # fmt: skip
+    ap.add_argument("--flops-budgets", nargs="+", type=float, default=list(FLOPS_BUDGETS))
+    ap.add_argument(
+        "--place", default="pre-activation", help="where the unit gates act (UnitGates(place=))"
+    )
+    ap.add_argument("--no-dense", action="store_true", help="reuse the dense run in --out")
     ap.add_argument("--robust-net", default="lenet300")
     ap.add_argument("--robust-budget", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=None)
@@ -278,7 +288,8 @@ def main() -> None:
         r = results.setdefault(name, {})
         if not ({"halo", "gates"} & set(args.parts)):
             break
-        r["dense"] = dense_run(name, data, args.epochs, args.seed, "cosine")
+        if not (args.no_dense and "dense" in r):  # --no-dense: the out file's dense run
+            r["dense"] = dense_run(name, data, args.epochs, args.seed, "cosine")
         dense_macs = r["dense"]["macs"]
         save()
         if "halo" in args.parts:
@@ -290,16 +301,18 @@ def main() -> None:
                 save()
             print("\n".join(halo_table(name, r, halo_grid(name))), "\n", flush=True)
         if "gates" in args.parts:
+            r["place"] = args.place
             r["grid"] = {}
-            for gamma in args.grid:
+            for gamma in args.grid if args.grid != [0.0] else []:
                 r["grid"][f"{gamma:g}"] = gated_run(
-                    name, data, args.epochs, args.seed, dense_macs, gamma=gamma, stats=False
-                )
+                    name, data, args.epochs, args.seed, dense_macs, gamma=gamma, stats=False,
+                    place=args.place,
+                )  # fmt: skip
                 save()
             r["gates"] = {}
-            for frac in FLOPS_BUDGETS:
+            for frac in args.flops_budgets:
                 r["gates"][str(frac)] = gated_run(
-                    name, data, args.epochs, args.seed, dense_macs, frac=frac
+                    name, data, args.epochs, args.seed, dense_macs, frac=frac, place=args.place
                 )
                 save()
             print("\n".join(gates_table(name, r)), "\n", flush=True)
