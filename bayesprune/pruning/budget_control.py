@@ -153,6 +153,8 @@ class BudgetControl:
         :raises ConfigError: naming the measure, the prior or the guide.
         """
         check_budget(net, self.budget)
+        if self.budget.metric in ("weights", "units") or net.example_input is not None:
+            self._check_reachable(net)
         if net.gates:
             return
         for s in net.sites:  # HALO's cut is held on the weights: only a MAP guide can
@@ -165,6 +167,27 @@ class BudgetControl:
                         f"(site {s.name!r} would stay random after its weights are cut); "
                         "fit a budget for this prior with a MAP guide"
                     ) from None
+
+    def _check_reachable(self, net: Any) -> None:
+        """A budget below the smallest network the cut can leave (one unit per layer, one
+        weight) is refused now, not when the fit reaches its cut."""
+        model = CostModel(net, self.budget)
+        per = self.budget.per_layer
+        if per is not None:
+            for layer, frac in per.items():
+                if math.floor(frac * model.units_built[layer] + 1e-9) < 1:
+                    raise ConfigError(
+                        f"Budget: units[{layer!r}]={frac:g} leaves no unit of the "
+                        f"{model.units_built[layer]} of layer {layer!r}; at least one stays"
+                    )
+            return
+        smallest = model.smallest()
+        if self.budget.fraction < smallest:
+            raise ConfigError(
+                f"Budget: {self.budget.metric}={self.budget.fraction:g} is smaller than the "
+                f"smallest network a cut can leave ({smallest:.4g} of the network as built: "
+                "one unit per layer, or one weight)"
+            )
 
     def on_fit_start(self, state: FitState) -> None:
         net = state.net

@@ -239,6 +239,14 @@ class CostModel:
         """:meth:`count` as a fraction of the network as built (:attr:`dense`)."""
         return self._count(kept) / self.dense
 
+    def smallest(self, min_units: int = 1) -> float:
+        """The smallest size a cut can leave: ``min_units`` per unit layer (blocks may all
+        go; weights: one weight), as a fraction of the network as built."""
+        if self.metric == "weights":
+            return 1.0 / self.total_weights
+        floor = 0 if self.blocks else min_units
+        return self.size({n: float(min(floor, u)) for n, u in self.units_now.items()})
+
     def layer_sizes(self, kept: Mapping[str, float]) -> dict[str, float]:
         """Kept units of each layer over its units as built (per-layer units budgets)."""
         return {n: kept.get(n, float(u)) / self.units_built[n] for n, u in self.units_now.items()}

@@ -459,3 +459,15 @@ def test_a_resume_must_steer_to_the_same_budget(class_data, tmp_path):
             net, class_data, guide, epochs=2, budget=steer(Budget(units=0.5)),
             checkpoint=tmp_path, resume=True, **KW,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [Budget(flops=1e-4), Budget(units=0.01), Budget(units={"0": 0.01})],
+    ids=["flops", "units", "per-layer"],
+)
+def test_a_budget_no_cut_can_meet_is_refused_before_training(class_data, tmp_path, budget):
+    net, guide = gates_pair(cost="flops")
+    with pytest.raises(ConfigError, match=r"smaller than the smallest network|leaves no unit"):
+        fit(net, class_data, guide, epochs=1, budget=steer(budget), checkpoint=tmp_path, **KW)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
