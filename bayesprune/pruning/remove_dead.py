@@ -44,9 +44,11 @@ class RemoveDeadUnits:
     what the method's paper does (units whose gate reached 0 are cut during training).
     ``benchmarks/reopened_gates.py`` counts how often closed gates reopen without
     removal: never, in 3 epochs of LeNet-300-100 and LeNet-5 on Fashion-MNIST at two
-    prices. There each gate multiplies a layer's output before a ReLU, and torch's
-    ``relu'(0) = 0`` makes a closed gate's likelihood slope exactly 0, so only its price
-    acts and holds it at 0; with GELU a closed gate is sometimes pushed up, but Adam's
+    prices. There each gate multiplies a layer's output before a ReLU (the default
+    ``UnitGates(place="pre-activation")``), and torch's ``relu'(0) = 0`` makes a closed
+    gate's likelihood slope exactly 0, so only its price acts and holds it at 0 (placed
+    after the nonlinearity, ``"post-activation"``, a closed gate keeps its unit's slope
+    and could reopen before removal); with GELU a closed gate is sometimes pushed up, but Adam's
     momentum kept every one closed in the measured fits (``benchmarks/README.md``).
 
     Each epoch's history record gets ``removed``: ``{layer: units removed}``;
