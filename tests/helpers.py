@@ -333,3 +333,104 @@ def extracted_count(net, keep: dict, metric: str) -> float:
         return float(count_flops(small, net.example_input[:1])["macs"])
     assert metric == "weights", metric
     return float(sum(int((small.get_submodule(n).weight != 0).sum()) for n in keep))
+
+
+class GroupedConvNet(nn.Module):
+    """A 1x1 conv feeding a grouped conv (``groups=4``, not depthwise), each followed by a
+    BatchNorm and a ReLU, then a 1x1 conv, flatten and a Linear head; ``(3, 6, 6)``
+    inputs. Under unit gates ``pw`` and ``gc`` are tied across the 4 groups (2 input and 3
+    output channels per group: periods 2 and 3), ``out`` is not."""
+
+    def __init__(self, width: int = 8, out: int = 12, groups: int = 4) -> None:
+        super().__init__()
+        self.pw = nn.Conv2d(3, width, 1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.gc = nn.Conv2d(width, out, 3, padding=1, groups=groups)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.out = nn.Conv2d(out, 5, 1)
+        self.fc = nn.Linear(5 * 6 * 6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.pw(x)))
+        x = torch.relu(self.bn2(self.gc(x)))
+        return self.fc(torch.relu(self.out(x)).flatten(1))
+
+
+class SelfAttention(nn.Module):
+    """One ``nn.MultiheadAttention`` applied to its input (``(N, L, E)``; ``(L, N, E)`` with
+    ``batch_first=False``), returning its output only."""
+
+    def __init__(self, embed_dim: int = 8, num_heads: int = 4, **kwargs: Any) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class AttnNet(nn.Module):
+    """Tokens ``(N, L, E)`` -> residual self-attention (``attn``) -> ReLU(Linear) (``fc``)
+    -> mean over tokens -> Linear (``out``): a head-gated and a unit-gated layer."""
+
+    def __init__(self, embed_dim: int = 4, num_heads: int = 2, hidden: int = 2, classes: int = 3):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.fc = nn.Linear(embed_dim, hidden)
+        self.out = nn.Linear(hidden, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.out(torch.relu(self.fc(h)).mean(1))
+
+
+def manual_attention(mha: nn.MultiheadAttention, x: Tensor, z: Tensor) -> Tensor:
+    """Self-attention of ``mha`` on batch-first ``x`` written out by hand, head ``h``'s output
+    multiplied by ``z[h]`` before the out-projection."""
+    n, length, e = x.shape
+    h, d = mha.num_heads, mha.head_dim
+    q, k, v = (x @ mha.in_proj_weight.T + mha.in_proj_bias).split(e, dim=-1)
+    q, k, v = (t.reshape(n, length, h, d).transpose(1, 2) for t in (q, k, v))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    heads = (weights @ v) * z.reshape(1, h, 1, 1)
+    return heads.transpose(1, 2).reshape(n, length, e) @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+def small_vit(**kwargs: Any) -> nn.Module:
+    """torchvision's ``VisionTransformer`` for ``(1, 28, 28)`` images, 2 blocks of 4 heads,
+    width 32, MLP 64, random weights (the classifier too: torchvision zeroes it)."""
+    import torchvision
+
+    vit = torchvision.models.VisionTransformer(
+        image_size=28,
+        patch_size=7,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=10,
+        **kwargs,
+    )
+    vit.conv_proj = nn.Conv2d(1, 32, 7, 7)
+    with torch.no_grad():
+        vit.heads.head.weight.normal_(0, 0.3)
+        vit.heads.head.bias.normal_(0, 0.3)
+    return vit
+
+
+#: the head-gated and MLP layers of :func:`small_vit` (and the zoo's ViT-tiny)
+VIT_LAYERS = ["*.self_attention", "*.mlp.0"]
+
+
+class GcdNet(nn.Module):
+    """Two grouped convs, ``(3, h, w)`` inputs: ``g1``'s 12 units are its own outputs
+    (groups=3: 4 per group) and ``g2``'s inputs (groups=2: 6 per group), tied with period
+    gcd(4, 6) = 2; ``g2``'s 4 units, 2 per group, with period 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.g1 = nn.Conv2d(3, 12, 1, groups=3)
+        self.g2 = nn.Conv2d(12, 4, 3, padding=1, groups=2)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.relu(self.g2(torch.relu(self.g1(x)))).mean((2, 3)))

@@ -12,7 +12,19 @@ import ast
 from pathlib import Path
 
 FLOORS = [
-    ("errors", "atomic", "budget", "data", "zoo", "distributions", "sites", "blocks", "metrics"),
+    (
+        "errors",
+        "atomic",
+        "budget",
+        "data",
+        "zoo",
+        "distributions",
+        "sites",
+        "blocks",
+        "heads",
+        "metrics",
+        "dependency",
+    ),
     ("priors",),
     ("nn",),
     ("guides",),

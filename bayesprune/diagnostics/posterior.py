@@ -10,6 +10,11 @@ For a layer ``L`` (see :mod:`bayesprune.diagnostics.names` for the dimensions):
 - ``"L.weight_norm"``: the L2 norm of each unit's weight draw, times its gate draw if gated;
 - ``"L.weight"``: the whole weight draw (only when asked for).
 
+A layer whose gates are tied across the groups of a grouped conv
+(:mod:`bayesprune.priors.group_ties`) has one entry per *gate* on its unit dimension
+(coordinates: the original index of the gate's unit in the first group); its
+``weight_norm`` is the norm over the gate's ``tile`` units, its ``weight_scale`` their mean.
+
 >>> import torch.nn as nn
 >>> from collections import OrderedDict
 >>> from bayesprune import sparsify
@@ -34,6 +39,7 @@ from bayesprune.diagnostics.names import unit_coords, unit_dim, weight_dims
 from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.priors.group_ties import layer_tile
 from bayesprune.sites import Site, join
 
 
@@ -73,8 +79,9 @@ def coords(net: BayesianNet, *, weights: bool) -> dict[str, Tensor]:
     original unit indices on ``<tag>_unit`` and ``<tag>_out``, positions elsewhere."""
     out: dict[str, Tensor] = {}
     for layer, sites in net.layer_sites.items():
-        units = unit_coords(net, layer, n_units(net, layer))
-        out[unit_dim(layer)] = units
+        tile = layer_tile(sites)
+        units = unit_coords(net, layer, n_units(net, layer) * tile)
+        out[unit_dim(layer)] = units[: units.numel() // tile]  # tied: the first group's
         weight = _by_role(sites, "weight")
         if weights and weight is not None:
             dims = weight_dims(layer, len(weight.shape))
@@ -99,12 +106,15 @@ def layer_variables(
             out[join(layer, "gate_prob")] = guide.gate_theta(gate).detach().clamp(0, 1).cpu()
         if scale is not None:
             lam = values[scale.name].detach()
-            out[join(layer, "weight_scale")] = (
-                lam.flatten(1).mean(1) if lam.dim() > 1 else lam
-            ).cpu()
+            lam = lam.flatten(1).mean(1) if lam.dim() > 1 else lam
+            if z is not None and lam.numel() != z.numel():  # gates tied across groups
+                lam = lam.reshape(-1, z.numel()).mean(0)
+            out[join(layer, "weight_scale")] = lam.cpu()
         if weight is not None:
             w = values[weight.name].detach()
             norm = w.flatten(1).norm(dim=1) if w.dim() > 1 else w.abs()
+            if z is not None and norm.numel() != z.numel():  # unit j·period + p: gate p
+                norm = norm.reshape(-1, z.numel()).norm(dim=0)
             out[join(layer, "weight_norm")] = (norm * z if z is not None else norm).cpu()
             if weights:
                 out[join(layer, "weight")] = w.cpu().clone()

@@ -6,7 +6,9 @@ records every tensor's shape and every layer's type and sizes, so a freshly buil
 *dense* instance of the same class is enough to rebuild it, without pickle and without a
 ``build`` function: each layer of a copy of ``like`` gets tensors of the saved shapes and
 its size attributes (``out_features``, ``in_channels``, ``num_features``, ...) set to the
-saved ones; every other attribute (kernel size, stride, ...) must agree.
+saved ones; every other attribute (kernel size, stride, ...) must agree. An attention
+layer saved with some of its heads removed (``PrunedMultiheadAttention``) is rebuilt from
+``like``'s ``nn.MultiheadAttention`` with as many heads.
 
 >>> import tempfile, torch
 >>> from torch import nn
@@ -33,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from bayesprune.errors import CheckpointError, UnsupportedError
+from bayesprune.pruning.head_surgery import replace_heads
+from bayesprune.pruning.keepset import KeepSet
 
 __all__ = ["SIZE_ATTRS", "check_outputs_like", "rebuild_like"]
 
@@ -71,6 +75,7 @@ def rebuild_like(like: nn.Module, doc: Mapping[str, Any], where: str) -> nn.Modu
     module = copy.deepcopy(like)
     tensors = doc["tensors"]
     rows = {r.get("name"): r for r in doc.get("layers") or [] if isinstance(r, dict)}
+    _prune_heads_like(module, tensors, rows, where)
     ours = set(module.state_dict())
     missing, unexpected = sorted(set(tensors) - ours), sorted(ours - set(tensors))
     if missing or unexpected:
@@ -207,6 +212,32 @@ def _resize_tensor(
         layer._parameters[key] = nn.Parameter(new, requires_grad=t.requires_grad)
     else:
         layer._buffers[key] = new
+
+
+def _prune_heads_like(
+    module: nn.Module, tensors: Mapping[str, Any], rows: Mapping[str, Any], where: str
+) -> None:
+    """Attention layers saved with some heads removed (``PrunedMultiheadAttention``, from
+    ``extract``): the ``nn.MultiheadAttention`` of ``module`` in their place becomes one with
+    as many heads (the saved tensors fill in which and their values)."""
+    heads = {}
+    for name, layer in module.named_modules():
+        row = rows.get(name) or {}
+        saved = tensors.get(f"{name}.heads")
+        if not (
+            isinstance(layer, nn.MultiheadAttention)
+            and row.get("type") == "PrunedMultiheadAttention"
+            and isinstance(saved, Mapping)
+        ):
+            continue
+        k = (saved.get("shape") or [None])[0]
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= layer.num_heads:
+            raise CheckpointError(
+                f"{where}: attention layer {name!r} was saved with heads of shape "
+                f"{saved.get('shape')}, like's has {layer.num_heads} heads"
+            )
+        heads[name] = KeepSet(units=torch.arange(k), n_units=layer.num_heads)
+    replace_heads(module, heads)
 
 
 def _retie(module: nn.Module, tied: list[Any]) -> None:

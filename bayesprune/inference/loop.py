@@ -246,6 +246,7 @@ def unit_share(net: BayesianNet) -> float:
     """Gated units now / gated units as built: turns a gate prior's kept fraction of the
     current network into one of the original network after live removal (removed units
     were dead, so they count as not kept)."""
-    now = sum(s.numel for s in net.gates)
-    built = sum(s.numel for s in original_sites(net) if s.role == "gate")
+    # a gate tied across the groups of a grouped conv stands for ``tile`` units
+    now = sum(s.numel * s.meta.get("tile", 1) for s in net.gates)
+    built = sum(s.numel * s.meta.get("tile", 1) for s in original_sites(net) if s.role == "gate")
     return now / built if built and now != built else 1.0

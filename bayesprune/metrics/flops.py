@@ -16,6 +16,10 @@ hooks and counts, per module *call* (a module called twice counts twice):
 - ``BatchNorm``: one multiply-add per element (eval-mode batch norm is
   ``y = a * x + b`` per channel once the running statistics are folded in);
   sparse equals dense.
+- ``MultiheadAttention`` (packed in-projection) and pruned attention layers
+  (kind ``"attention"``): projections, attention scores and the weighted sum,
+  counted per head from the call's shapes (:mod:`bayesprune.metrics.attention`);
+  its ``out_proj`` Linear is read, not called, so it is not counted twice.
 
 Bias additions, activations, pooling, residual additions and anything done by
 functional calls (``torch.add``, ``F.relu``) are *not* counted; the leaf module
@@ -58,6 +62,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bayesprune.errors import ConfigError, UnsupportedError
+from bayesprune.metrics.attention import attention_call_macs, is_attention
 
 __all__ = ["count_flops"]
 
@@ -85,7 +90,7 @@ def count_flops(
     :returns: a dict with totals ``macs`` (dense multiply-accumulates per
         example), ``flops`` (``2 * macs``: one multiply plus one add per MAC),
         ``sparse_macs`` (MACs whose weight is nonzero), ``macs_by_kind``
-        (``conv``, ``conv_transpose``, ``linear``, ``batchnorm``),
+        (``conv``, ``conv_transpose``, ``linear``, ``batchnorm``, ``attention``),
         ``functional_macs`` (matrix products and convolutions outside the counted
         modules, not in ``macs``; see the module docstring),
         ``batch_size``, ``uncounted`` (types of leaf modules that ran but are
@@ -115,13 +120,13 @@ def count_flops(
     inside = {"depth": 0, "start": 0, "flops": 0}  # counter's FLOPs within counted modules
 
     def enter(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
-        if isinstance(mod, _COUNTED):
+        if _counted(mod):
             if inside["depth"] == 0:
                 inside["start"] = counter.get_total_flops()
             inside["depth"] += 1
 
     def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        if isinstance(mod, _COUNTED):
+        if _counted(mod):
             inside["depth"] -= 1
             if inside["depth"] == 0:
                 inside["flops"] += counter.get_total_flops() - inside["start"]
@@ -186,6 +191,8 @@ def count_flops(
 
 def _count_call(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> tuple[int, int] | None:
     """(dense MACs, sparse MACs) of one call over its whole batch, or None if not counted."""
+    if is_attention(mod):
+        return attention_call_macs(mod, inputs, output)
     if isinstance(mod, _CONV + (nn.Linear,)):
         weight = mod.weight
         out_units = weight.shape[0]
@@ -202,7 +209,13 @@ def _count_call(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> tuple[i
     return positions * weight.numel(), positions * nnz
 
 
+def _counted(mod: nn.Module) -> bool:
+    return isinstance(mod, _COUNTED) or is_attention(mod)
+
+
 def _kind(mod: nn.Module) -> str:
+    if is_attention(mod):
+        return "attention"
     if isinstance(mod, _CONV):
         return "conv"
     if isinstance(mod, _CONV_T):

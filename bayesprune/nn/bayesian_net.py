@@ -37,6 +37,7 @@ from torch import Tensor
 from bayesprune.errors import ConfigError
 from bayesprune.nn.gate_consumers import gate_consumers, input_gate_hook
 from bayesprune.nn.likelihoods import Categorical, Likelihood
+from bayesprune.nn.param_gates import gated_parameters, is_param_gate
 from bayesprune.nn.param_store import expose
 from bayesprune.sites import Context, Site
 
@@ -138,22 +139,28 @@ class BayesianNet(nn.Module):
     # --- the model --------------------------------------------------------------------
     def run(self, values: dict[str, Tensor], x: Tensor) -> Tensor:
         """The network's output on ``x`` with the site values put in place: sampled weights
-        replace parameters, gate values multiply their units' outputs."""
+        replace parameters, gate values multiply their units' outputs (or, for parameter
+        gates such as head gates, the parameter: :mod:`bayesprune.nn.param_gates`)."""
         gates = self.gates
-        targets = self.gate_targets(x) if gates else {}
+        targets = self.gate_targets(x) if any(not is_param_gate(s) for s in gates) else {}
         readers = self.gate_readers(x) if any(_post(s) for s in gates) else {}
         handles = []
         try:
             for s in gates:
+                if is_param_gate(s):
+                    continue  # multiplies a parameter, swapped in below
+                gate = _unit_gates(values[s.name], s)
                 if _post(s):  # after the nonlinearity: where the next layers read the unit
                     for name, repeat in readers[s.layer]:
                         mod = self.module.get_submodule(name)
-                        hook = input_gate_hook(values[s.name], repeat)
+                        hook = input_gate_hook(gate, repeat)
                         handles.append(mod.register_forward_pre_hook(hook))
                     continue
                 mod = self.module.get_submodule(targets[s.name])
-                handles.append(mod.register_forward_hook(_gate_hook(values[s.name], s.meta["dim"])))
-            with _swapped(self.module, {s.replaces: values[s.name] for s in self.replacing}):
+                handles.append(mod.register_forward_hook(_gate_hook(gate, s.meta["dim"])))
+            overrides = {s.replaces: values[s.name] for s in self.replacing}
+            overrides.update(gated_parameters(gates, values, overrides, self.module))
+            with _swapped(self.module, overrides):
                 return self.module(x)
         finally:
             for h in handles:
@@ -166,7 +173,7 @@ class BayesianNet(nn.Module):
         if self._gate_targets is None:
             if x is None:
                 x = self.example_input
-            explicit = {s.name: s.meta["target"] for s in self.gates}
+            explicit = {s.name: s.meta["target"] for s in self.gates if not is_param_gate(s)}
             if x is None:
                 return explicit
             self._gate_targets = _follow_batchnorm(self.module, explicit, x[:1])
@@ -251,6 +258,13 @@ def _swapped(module: nn.Module, overrides: dict[str, Tensor]) -> Iterator[None]:
 def _post(site: Site) -> bool:
     """Whether a gate site acts after its unit's nonlinearity (see :mod:`.gate_consumers`)."""
     return site.meta.get("place") == "post-activation"
+
+
+def _unit_gates(gate: Tensor, site: Site) -> Tensor:
+    """One gate value per unit: a gate tied across the groups of a grouped conv (site meta
+    ``tile``, :mod:`bayesprune.priors.group_ties`) serves units ``p, p + period, ...``."""
+    tile = site.meta.get("tile", 1)
+    return gate.repeat(tile) if tile > 1 else gate
 
 
 def _gate_hook(gate: Tensor, dim: int):

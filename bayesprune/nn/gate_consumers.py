@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch import Tensor
 
+from bayesprune.dependency import dependency_graph, frozen, out_group
 from bayesprune.errors import UnsupportedError
 
 _READERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -43,21 +44,20 @@ def gate_consumers(
     :raises UnsupportedError: naming the layer, when its units are coupled to another
         layer's output or read by something other than an ungrouped Conv/Linear.
     """
-    was = module.training
-    module.eval()
-    try:  # torch-pruning traces autograd: also when first asked for under inference_mode
-        with torch.inference_mode(False), torch.enable_grad():
-            x1 = x[:1].clone()
-            dg = tp.DependencyGraph().build_dependency(module, example_inputs=x1, verbose=False)
-    finally:
-        module.train(was)
+    with torch.inference_mode(False):  # also when first asked for under inference_mode
+        dg = dependency_graph(module, x[:1].clone(), who="UnitGates(place='post-activation')")
+    with frozen(dg):
+        return _consumers(module, dg, layers)
+
+
+def _consumers(
+    module: nn.Module, dg: tp.DependencyGraph, layers: list[str]
+) -> dict[str, list[tuple[str, int]]]:
     names = {m: n for n, m in module.named_modules()}
     out: dict[str, list[tuple[str, int]]] = {}
     for layer in layers:
         target = module.get_submodule(layer)
-        group = dg.get_pruning_group(
-            target, dg.get_pruner_of_module(target).prune_out_channels, idxs=[0]
-        )
+        group = out_group(dg, target, [0])
         readers: list[tuple[str, int]] = []
         for item in group.items:
             m = item.dep.target.module

@@ -50,6 +50,10 @@ class Prior(ABC):
     #: sites replace into the user's module (``False``: the module's weights are data the
     #: prior must keep, e.g. a jackpot's frozen pre-trained weights)
     writes_back: bool = True
+    #: the prior's collapse removes output units of its layers (structured keep-sets):
+    #: :func:`~bayesprune.sparsify` then puts it only on layers whose units can be removed
+    #: exactly (:mod:`bayesprune.nn.removable`)
+    removes_units: bool = False
     #: learning rates by site role that ``fit`` uses unless its ``role_lr`` names the role
     default_role_lr: dict[str, float] = {}  # noqa: RUF012 (read-only class default)
     #: multiplier of the prior's sparsity strength (1 = the strength as configured). A

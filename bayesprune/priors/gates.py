@@ -56,6 +56,8 @@ than a unit of fc1, which is what aims the fit at a FLOPs budget.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -68,11 +70,16 @@ from torch.distributions import constraints
 
 from bayesprune.distributions.flattening import Flattening, log_normalizer, optimal_prior_prob
 from bayesprune.errors import ConfigError, UnsupportedError
+from bayesprune.heads import check_head_layer, is_head_layer, out_projections
 from bayesprune.priors.base import DEFAULT_LAYER_TYPES, Prior, check_positive
 from bayesprune.priors.gaussian import Gaussian
+from bayesprune.priors.group_ties import group_tiles, has_grouped, layer_tile
+from bayesprune.priors.head_gates import head_gate_sites
 from bayesprune.priors.registry import from_config, register
 from bayesprune.priors.unit_costs import COSTS, complexity_prices, unit_costs
 from bayesprune.sites import Context, Site, join
+
+log = logging.getLogger(__name__)
 
 #: where a unit gate multiplies its unit: before or after the nonlinearity
 PLACES = ("pre-activation", "post-activation")
@@ -240,9 +247,27 @@ class UnitGates(GateSitesMixin, Prior):
         unit's value to the loss after it (``benchmarks/gates_prototype.py``: after is how
         the plain-PyTorch prototype of ``shared/REFERENCE.md`` reaches its widths).
         Units coupled by a residual sum or read by grouped convs need ``"pre-activation"``.
+
+    Attention layers (``nn.MultiheadAttention`` with a packed in-projection): the units are
+    the heads, one gate per head multiplying the head's output (through the columns of
+    ``out_proj.weight`` that read it; :mod:`bayesprune.priors.head_gates`), no weight prior
+    (the attention weights are trained by maximum likelihood); ``extract`` removes the
+    dropped heads. Their out-projection is never selected (by default) or accepted.
+
+    Grouped convolutions (``groups > 1``, not depthwise) stay balanced: when
+    :func:`~bayesprune.sparsify` has an example input, the units of a layer that are a
+    grouped conv's input channels, or its output channels (the conv itself, or a layer
+    coupled to it through a BatchNorm, a residual sum or a product), are tied across the
+    groups (:mod:`bayesprune.priors.group_ties`): with ``period`` channels per group, unit
+    ``c`` uses gate ``c % period`` (site shape ``(period,)``, meta ``("tile", n // period)``),
+    and each gate's price is the sum of its units' prices. Closing a gate removes one
+    in-group position from every group, so every keep-set of the posterior is one
+    :func:`~bayesprune.extract` can cut (ResNeXt, RegNet). Without an example input the
+    gates are not tied (a warning says so).
     """
 
     name = "gates"
+    removes_units = True
     default_threshold = 0.5
 
     def __init__(
@@ -267,17 +292,45 @@ class UnitGates(GateSitesMixin, Prior):
             raise UnsupportedError("UnitGates: weight_prior cannot itself be UnitGates")
         self.init_prob = float(init_prob)
         self._prices: dict[str, Tensor] = {}
+        self._tiles: dict[str, int] = {}
 
-    supported_layer_types = DEFAULT_LAYER_TYPES
+    #: attention layers are gated per head (:mod:`bayesprune.priors.head_gates`)
+    supported_layer_types = (*DEFAULT_LAYER_TYPES, nn.MultiheadAttention)
+    default_layer_types = supported_layer_types
+
+    def check_layer(self, name: str, layer: nn.Module) -> None:
+        """Also refuse, naming the layer, an attention layer whose heads cannot be separated
+        (:func:`~bayesprune.heads.check_head_layer`) and the out-projection of an attention
+        layer: its layer reads its weight, never calls it, so a unit gate there would never
+        act (gate the attention layer's heads instead)."""
+        super().check_layer(name, layer)
+        if is_head_layer(layer):
+            check_head_layer("UnitGates", name, layer)
+        elif isinstance(layer, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            raise UnsupportedError(
+                f"UnitGates cannot be put on layer {name!r}: it is the out-projection of an "
+                "nn.MultiheadAttention, which reads its weight without calling it; gate the "
+                "attention layer itself (one gate per head)"
+            )
 
     # --- choosing layers and prices ---------------------------------------------------
     def default_selection(self, module: nn.Module, names: list[str]) -> list[str]:
         """Every Linear/Conv but the last one in module order (the output layer: gating it
         would remove classes)."""
+        names = [n for n in names if n not in out_projections(module)]  # gated per head
         return names[:-1] if len(names) > 1 else names
 
     def bind(self, module: nn.Module, layer_names: list[str], example_input: Tensor | None) -> None:
         self._prices = {}
+        self._tiles = {}
+        if example_input is not None:
+            self._tiles = group_tiles(module, layer_names, example_input)
+        elif has_grouped(module):
+            log.warning(
+                "UnitGates: no example input to trace the network's grouped convolutions, so "
+                "the gates of the units they constrain are not tied: extract will refuse "
+                "unbalanced removals; pass sparsify(..., example_input=x)"
+            )
         if self.cost == "uniform":
             return
         if example_input is None:
@@ -294,24 +347,46 @@ class UnitGates(GateSitesMixin, Prior):
             return self._prices[name].detach().clone()
         return torch.full((n_units,), self.gamma)
 
+    def tile(self, name: str) -> int:
+        """Units per gate of layer ``name``: 1, or ``tile`` for a layer whose units are tied
+        across the groups of a grouped conv (:mod:`bayesprune.priors.group_ties`)."""
+        return self._tiles.get(name, 1)
+
     # --- sites ------------------------------------------------------------------------
     def layer_sites(self, name: str, layer: nn.Module) -> list[Site]:
         self.check_layer(name, layer)
+        if is_head_layer(layer):  # one gate per head
+            return head_gate_sites(self, name, layer)
         units = int(layer.weight.shape[0])
-        gammas = tuple(float(g) for g in self.prices(name, units))
+        prices = self.prices(name, units)
+        tile = self.tile(name)
+        extra: tuple[tuple[str, Any], ...] = ()
+        if tile > 1:  # one gate per in-group position, priced as the units it ties
+            if units % tile:
+                raise ConfigError(
+                    f"UnitGates: layer {name!r} has {units} units, not a multiple of the "
+                    f"{tile} units tied to each of its gates (group-balanced gates)"
+                )
+            prices = prices.reshape(tile, -1).sum(0)
+            extra = (("tile", tile),)
+        gammas = tuple(float(g) for g in prices)
         dim = -1 if isinstance(layer, nn.Linear) else 1
-        extra = (("place", self.place),) if self.place != "pre-activation" else ()
-        return [
-            *self.gate_sites(name, (units,), gammas, target=name, dim=dim, extra=extra),
-            *self.weight_prior.layer_sites(name, layer),
-        ]
+        if self.place != "pre-activation":
+            extra = (*extra, ("place", self.place))
+        prob, gate = self.gate_sites(
+            name, (units // tile,), gammas, target=name, dim=dim, extra=extra
+        )
+        if tile > 1:  # both gate sites say how many units each entry stands for
+            prob = dataclasses.replace(prob, info=(*prob.info, ("tile", tile)))
+        return [prob, gate, *self.weight_prior.layer_sites(name, layer)]
 
     def _own(self, site: Site) -> bool:
         return site.role in ("gate", "gate_prob")
 
     def initial_value(self, site: Site, layer: nn.Module) -> Tensor:
         if site.role in ("gate", "gate_prob"):
-            return self.gate_initial_value(site, layer.weight.dtype)
+            dtype = next(layer.parameters()).dtype  # an attention layer has no .weight
+            return self.gate_initial_value(site, dtype)
         return self.weight_prior.initial_value(site, layer)
 
     def distribution(self, site: Site, values: dict[str, Tensor], ctx: Context) -> Distribution:
@@ -342,16 +417,22 @@ class UnitGates(GateSitesMixin, Prior):
         return point[probs_key(gate.name)]
 
     def kept_fraction(self, net: Any, point: dict[str, Tensor]) -> float:
+        """Units whose gate has θ above the threshold, over all gated units."""
         alive = total = 0
         for sites in net.layer_sites.values():
             th = self.scores(sites, point)
-            alive += int((th > self.default_threshold).sum())
-            total += th.numel()
+            tile = layer_tile(sites)
+            alive += int((th > self.default_threshold).sum()) * tile
+            total += th.numel() * tile
         return alive / max(total, 1)
 
     def units_alive(self, net: Any, point: dict[str, Tensor]) -> dict[str, int]:
-        """Units with θ > 0 per layer (those not yet removable)."""
-        return {n: int((self.scores(s, point) > 0).sum()) for n, s in net.layer_sites.items()}
+        """Units with θ > 0 per layer (those not yet removable; a tied gate counts its
+        ``tile`` units)."""
+        return {
+            n: int((self.scores(s, point) > 0).sum()) * layer_tile(s)
+            for n, s in net.layer_sites.items()
+        }
 
     def config(self) -> dict[str, Any]:
         return {

@@ -80,6 +80,11 @@ class HALO(Prior):
         self.per = per
         self.init_scale = float(init_scale)
 
+    @property
+    def removes_units(self) -> bool:  # type: ignore[override]
+        """Per unit, collapse keeps whole units (structured keep-sets)."""
+        return self.per == "unit"
+
     def default_selection(self, module: nn.Module, names: list[str]) -> list[str]:
         """Per weight: every Linear/Conv. Per unit: all but the last in module order -- the
         output layer's units are the classes, which a structured cut must not remove."""

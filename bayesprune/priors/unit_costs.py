@@ -26,8 +26,11 @@ import torch_pruning as tp
 from torch import Tensor
 
 from bayesprune.blocks import block_spec
+from bayesprune.dependency import dependency_graph, frozen
 from bayesprune.errors import ConfigError
+from bayesprune.heads import is_head_layer
 from bayesprune.metrics import count_flops
+from bayesprune.priors.head_costs import head_costs
 
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 
@@ -41,19 +44,21 @@ def unit_costs(
     """Per gated layer: ``params`` and ``flops`` (MACs) saved by removing each unit, and
     the means over all units of all the given layers (``params_mean``, ``flops_mean``)."""
     macs = {row["name"]: row["macs"] for row in count_flops(module, example_input)["layers"]}
-    was = module.training
-    module.eval()
-    try:
-        with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(
-                module, example_inputs=example_input, verbose=False
-            )
-    finally:
-        module.train(was)
+    dg = dependency_graph(module, example_input, who="unit_costs")
+    with frozen(dg):
+        return _unit_costs(module, dg, layer_names, macs)
+
+
+def _unit_costs(
+    module: nn.Module, dg: tp.DependencyGraph, layer_names: list[str], macs: dict[str, int]
+) -> dict[str, dict[str, Tensor | float]]:
     name_of = {m: n for n, m in module.named_modules()}
     out: dict[str, dict[str, Tensor | float]] = {}
     for name in layer_names:
         layer = module.get_submodule(name)
+        if is_head_layer(layer):  # a head's cost is its own (priors/head_costs.py)
+            out[name] = head_costs(layer, macs.get(name, 0))
+            continue
         n_units = int(layer.weight.shape[0])
         group = dg.get_pruning_group(
             layer, dg.get_pruner_of_module(layer).prune_out_channels, idxs=[0]

@@ -178,7 +178,8 @@ class BudgetControl:
                 if math.floor(frac * model.units_built[layer] + 1e-9) < 1:
                     raise ConfigError(
                         f"Budget: units[{layer!r}]={frac:g} leaves no unit of the "
-                        f"{model.units_built[layer]} of layer {layer!r}; at least one stays"
+                        f"{model.units_built[layer] * model.tiles[layer]} of layer {layer!r}; at "
+                        "least one stays"
                     )
             return
         smallest = model.smallest()

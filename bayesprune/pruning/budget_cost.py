@@ -14,11 +14,19 @@ candidate cut without building it:
   removals only slice Conv/Linear/BatchNorm tensors (checked against the extracted
   network's counts in the tests), and ``collapse(budget=...)`` checks it on the extracted
   network anyway;
+- an attention layer gated per head counts as a layer whose units are its heads: its
+  in-projection, its MACs and its out-projection's weight (by its input columns) scale
+  with the kept fraction of heads, the out-projection's bias is a constant;
 - ``params`` / ``flops`` with block gates: the dense network's count less the residual
   branch of every removed block.
 
 Fractions are of the network *as built*: after live removal (``fit(remove_dead=...)``)
 the dense reference still counts the removed units.
+
+Counts of kept units are given per *scored element* of each layer: its units, or, for a
+layer whose gates are tied across the groups of a grouped conv, its gates -- each stands
+for ``tile`` units (:attr:`CostModel.tiles`, :mod:`bayesprune.priors.group_ties`); the
+``units`` measure counts ``tile`` units per kept gate.
 
 With expected keep fractions (``E[f] = mean θ`` of each gated layer) the bilinear form is
 the exact expectation under independent gates, which is what a budgeted fit steers.
@@ -39,16 +47,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch import Tensor
 
 from bayesprune.budget import Budget
+from bayesprune.dependency import dependency_graph
 from bayesprune.errors import ConfigError
+from bayesprune.heads import is_head_layer
 from bayesprune.metrics import count_flops, count_parameters
 from bayesprune.nn.bayesian_net import BayesianNet
 from bayesprune.nn.unit_origin import unit_origin
+from bayesprune.priors.group_ties import layer_tile
 from bayesprune.priors.unit_costs import block_branch_costs
 
 
@@ -67,7 +76,8 @@ def is_block_net(net: BayesianNet) -> bool:
 
 
 def unit_layers(net: BayesianNet) -> dict[str, int]:
-    """Units of each gated or per-unit layer now (output channels; 1 for a block)."""
+    """Units of each gated or per-unit layer now (output channels; 1 for a block; gates of
+    a layer with tied gates)."""
     out: dict[str, int] = {}
     for name, sites in net.layer_sites.items():
         gate = next((s for s in sites if s.role == "gate"), None)
@@ -122,9 +132,12 @@ class CostModel:
         self.metric = budget.metric
         self.blocks = is_block_net(net)
         self.units_now = unit_layers(net) if self.metric != "weights" else {}
+        #: units per scored element of each layer (> 1: gates tied across groups)
+        self.tiles = {n: layer_tile(net.layer_sites[n]) for n in self.units_now}
         rec = unit_origin(net)
         self.units_built = {
-            n: (rec.n_units.get(n, u) if rec is not None else u) for n, u in self.units_now.items()
+            n: (rec.n_units.get(n, u * self.tiles[n]) // self.tiles[n] if rec is not None else u)
+            for n, u in self.units_now.items()
         }
         self.terms: list[Term] = []
         self.const = 0.0
@@ -190,18 +203,15 @@ class CostModel:
         module: nn.Module, layers: list[str], x: Tensor
     ) -> tuple[dict[str, str], dict[str, str]]:
         """Which gated layer slices each module's output and input channels."""
-        was = module.training
-        module.eval()
-        try:
-            with torch.enable_grad():
-                dg = tp.DependencyGraph().build_dependency(module, example_inputs=x, verbose=False)
-        finally:
-            module.train(was)
+        dg = dependency_graph(module, x, who="Budget")
         name_of = {m: n for n, m in module.named_modules()}
         out_of: dict[str, str] = {layer: layer for layer in layers}
         in_of: dict[str, str] = {}
         for layer in layers:
             target = module.get_submodule(layer)
+            if is_head_layer(target):  # heads: its own tensors, its out-projection's columns
+                in_of[f"{layer}.out_proj"] = layer
+                continue
             group = dg.get_pruning_group(
                 target, dg.get_pruner_of_module(target).prune_out_channels, idxs=[0]
             )
@@ -218,7 +228,7 @@ class CostModel:
         if self.metric == "weights":
             return self.total_weights if built else float(kept["*"])
         if self.metric == "units":
-            return float(sum(kept.get(n, u) for n, u in self.units_now.items()))
+            return float(sum(kept.get(n, u) * self.tiles[n] for n, u in self.units_now.items()))
         frac = {n: kept.get(n, float(u)) / u for n, u in self.units_now.items()}
         total = self.const
         for t in self.terms:
@@ -232,7 +242,8 @@ class CostModel:
     def count(self, kept: Mapping[str, float]) -> float:
         """The absolute count with ``kept`` units per layer (current indexing, so after live
         removal at most the units left; expected counts allowed; layers not named keep all
-        their current units). For ``weights``, ``kept`` is ``{"*": weights kept}``."""
+        their current units; gates of a layer with tied gates). For ``weights``, ``kept`` is
+        ``{"*": weights kept}``."""
         return self._count(kept)
 
     def size(self, kept: Mapping[str, float]) -> float:
@@ -241,11 +252,26 @@ class CostModel:
 
     def smallest(self, min_units: int = 1) -> float:
         """The smallest size a cut can leave: ``min_units`` per unit layer (blocks may all
-        go; weights: one weight), as a fraction of the network as built."""
+        go; weights: one weight; gates enough for ``min_units`` units where tied), as a
+        fraction of the network as built."""
         if self.metric == "weights":
             return 1.0 / self.total_weights
-        floor = 0 if self.blocks else min_units
-        return self.size({n: float(min(floor, u)) for n, u in self.units_now.items()})
+        floors = self.floors(min_units)
+        return self.size({n: float(floors[n]) for n in self.units_now})
+
+    def floors(self, min_units: int = 1) -> dict[str, int]:
+        """The fewest scored elements a cut leaves in each layer: ``min_units`` units
+        (``ceil(min_units / tile)`` tied gates), at most the layer's own; 0 for blocks.
+
+        >>> from bayesprune import sparsify
+        >>> from bayesprune.priors import UnitGates
+        >>> net = sparsify(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), UnitGates())
+        >>> CostModel(net, Budget(units=0.5)).floors(3)
+        {'0': 3}
+        """
+        if self.blocks:
+            return {n: 0 for n in self.units_now}
+        return {n: min(-(-min_units // self.tiles[n]), u) for n, u in self.units_now.items()}
 
     def layer_sizes(self, kept: Mapping[str, float]) -> dict[str, float]:
         """Kept units of each layer over its units as built (per-layer units budgets)."""

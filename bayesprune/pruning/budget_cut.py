@@ -43,7 +43,7 @@ from torch import Tensor
 from bayesprune.budget import Budget
 from bayesprune.errors import ConfigError
 from bayesprune.nn.bayesian_net import BayesianNet
-from bayesprune.pruning.budget_cost import CostModel, is_block_net
+from bayesprune.pruning.budget_cost import CostModel
 
 
 @dataclass
@@ -84,15 +84,17 @@ def _scores(net: BayesianNet, point: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _tiebreak(net: BayesianNet, point: dict[str, Tensor], name: str, n: int) -> Tensor:
-    """The weight norm of each unit of ``name`` (zeros where the layer has no weight)."""
+    """The weight norm of each of the ``n`` scored units of ``name`` (of the ``tile`` units
+    of each gate where tied; zeros where the layer has no weight)."""
     site = next((s for s in net.layer_sites[name] if s.role == "weight"), None)
     if site is not None:
         w = point[site.name]
     else:
         w = getattr(net.module.get_submodule(name), "weight", None)
-        if not isinstance(w, Tensor) or w.shape[0] != n:
+        if not isinstance(w, Tensor) or w.shape[0] % n:
             return torch.zeros(n)
-    return w.detach().float().cpu().flatten(1).norm(dim=1)
+    # unit c = j·n + p belongs to gate p (a tile of 1 where untied)
+    return w.detach().float().cpu().reshape(-1, n, *w.shape[1:]).flatten(2).norm(dim=(0, 2))
 
 
 def budget_masks(
@@ -120,11 +122,12 @@ def budget_masks(
     threshold = float(net.prior.default_threshold)
     if budget.metric == "weights":
         return _weight_masks(scores, threshold, budget.fraction, model)
-    floor = 0 if is_block_net(net) else int(min_units)
     names = list(scores)
     sizes = [scores[n].numel() for n in names]
     # collapse keeps min(min_units, units of the layer): a layer smaller than min_units whole
-    floors = [min(floor, size) for size in sizes]
+    # (and ceil(min_units / tile) gates of a layer whose gates are tied across groups)
+    floor_of = model.floors(int(min_units))
+    floors = [floor_of[n] for n in names]
     keep = {n: scores[n] > threshold for n in names}
     posterior = model.size({n: float(keep[n].sum()) for n in names})
     # the removal order over every kept unit: lowest score first, ties by weight norm
@@ -235,9 +238,11 @@ def _per_layer_removals(
             continue
         cap = math.floor(per[n] * model.units_built[n] + 1e-9)
         if cap < floors[i]:
+            tile = model.tiles[n]
             raise ConfigError(
-                f"Budget: units[{n!r}]={per[n]:g} leaves {cap} of {model.units_built[n]} "
-                f"units, fewer than min_units={floors[i]}"
+                f"Budget: units[{n!r}]={per[n]:g} leaves {cap * tile} of "
+                f"{model.units_built[n] * tile} units, fewer than min_units={floors[i] * tile}"
+                + (f" (its gates tie {tile} units each)" if tile > 1 else "")
             )
         want[i] = max(counts[i] - cap, 0)
     taken = {i: 0 for i in want}

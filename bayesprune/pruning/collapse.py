@@ -36,8 +36,10 @@ from bayesprune.blocks import block_spec
 from bayesprune.budget import Budget
 from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
+from bayesprune.heads import is_head_layer, n_heads
 from bayesprune.metrics import count_flops, count_parameters
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.priors.group_ties import layer_tile, tied_units
 from bayesprune.pruning.budget_cost import CostModel
 from bayesprune.pruning.budget_cut import BudgetReport, budget_masks
 from bayesprune.pruning.extract import extract
@@ -60,6 +62,16 @@ def _top_mask(scores: Tensor, k: int) -> Tensor:
     return mask.reshape(scores.shape)
 
 
+def _top_units(scores: Tensor, units: Tensor, k: int) -> Tensor:
+    """The best elements by score, each standing for ``units`` units, while they hold at
+    most ``k`` units together (ties by index)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    fits = torch.cumsum(units[order], 0) <= k
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    mask[order[fits]] = True
+    return mask
+
+
 def _top_mask_by(primary: Tensor, tiebreak: Tensor, k: int) -> Tensor:
     """The ``k`` best elements by ``primary``, ties broken by ``tiebreak`` (then by index)."""
     order = torch.argsort(tiebreak.flatten().float(), descending=True, stable=True)
@@ -79,6 +91,31 @@ def _block_keep(name: str, layer: nn.Module, mask: Tensor) -> KeepSet:
             + ("" if block_spec(layer) is not None else " for a module that is not a block")
         )
     return KeepSet(identity=not bool(mask.any()), n_units=1)
+
+
+def _head_keep(
+    net: BayesianNet,
+    point: dict[str, Tensor],
+    name: str,
+    layer: nn.Module,
+    mask: Tensor,
+    min_units: int,
+    best: Callable[[str, int], Tensor],
+) -> KeepSet:
+    """The kept heads of attention layer ``name`` (refilled to ``min_units`` with
+    ``best(name, k)``, closed refills ``zeroed``; :mod:`bayesprune.heads`)."""
+    if tuple(mask.shape) != (n_heads(layer),):
+        raise ConfigError(
+            f"collapse: scores of attention layer {name!r} have shape {tuple(mask.shape)}, "
+            f"not one per head ({n_heads(layer)},)"
+        )
+    zeroed = None
+    if int(mask.sum()) < min_units:
+        chosen = mask
+        mask = best(name, min(min_units, mask.numel()))
+        zeroed = _closed(net, point, name, mask & ~chosen)
+    units = mask.nonzero().flatten().cpu()
+    return KeepSet(units=units, n_units=mask.numel(), zeroed=zeroed)
 
 
 class KeepSets(dict[str, KeepSet]):
@@ -136,13 +173,16 @@ def collapse(
     :param net: the fitted model.
     :param guide: the fitted guide; its :meth:`~bayesprune.guides.Guide.point` is used
         (or pass ``point=`` directly; ``rule="inclusion"`` needs the guide).
-    :param keep: fraction of prunable elements to keep, in ``(0, 1]`` (``rule="score"``).
+    :param keep: fraction of prunable elements to keep, in ``(0, 1]`` (``rule="score"``;
+        a gate tied across groups counts its units).
     :param threshold: keep elements whose score is above this (used when ``keep`` is None;
         the default is the prior's ``default_threshold``; ``rule="score"``).
     :param scope: ``"global"`` (one ranking over all layers, default) or ``"layer"``
         (``keep`` applies to each layer separately).
     :param min_units: structured keep-sets never keep fewer units than this per layer (the
-        best by score, or by ``P(keep)`` then score under ``rule="inclusion"``).
+        best by score, or by ``P(keep)`` then score under ``rule="inclusion"``); a layer
+        whose gates are tied across groups (``tile`` units per gate) keeps at least
+        ``ceil(min_units / tile)`` gates.
     :param rule: ``"score"`` or ``"inclusion"``.
     :param max_risk: for ``rule="inclusion"``: the largest ``P(keep)`` an element may have
         and still be removed, in ``(0, 1)``.
@@ -208,8 +248,12 @@ def collapse(
     masks: dict[str, Tensor] = {}
     if keep is not None and scope == "global":
         flat = torch.cat([s.flatten().float() for s in scores.values()])
-        k = round(keep * flat.numel())
-        top = _top_mask(flat, k)
+        tiles = {n: layer_tile(net.layer_sites[n]) for n in scores}
+        if all(t == 1 for t in tiles.values()):
+            top = _top_mask(flat, round(keep * flat.numel()))
+        else:  # a gate tied across groups counts its units: keep a fraction of the units
+            units = torch.cat([torch.full((s.numel(),), tiles[n]) for n, s in scores.items()])
+            top = _top_units(flat, units.to(flat.device), round(keep * int(units.sum())))
         offset = 0
         for name, s in scores.items():
             masks[name] = top[offset : offset + s.numel()].reshape(s.shape)
@@ -332,22 +376,31 @@ def _keepsets(
             for s in net.layer_sites[name]
             if s.replaces is not None
         }
-        if not isinstance(getattr(layer, "weight", None), Tensor):
+        tile = layer_tile(net.layer_sites[name])
+        if is_head_layer(layer):  # an attention layer: its heads are its units
+            ks = _head_keep(net, point, name, layer, mask, min_units, best)
+        elif not isinstance(getattr(layer, "weight", None), Tensor):
             ks = _block_keep(name, layer, mask)
         elif mask.shape == layer.weight.shape:
             ks = KeepSet(weight_mask=mask.cpu(), values=values)
-        elif mask.dim() == 1 and mask.numel() == layer.weight.shape[0]:
+        elif mask.dim() == 1 and mask.numel() * tile == len(layer.weight):
+            # a tied layer's scores are per gate, each gate standing for ``tile`` units
             zeroed = None
-            if int(mask.sum()) < min_units:
+            need = -(-min_units // tile)  # gates that keep at least min_units units
+            if int(mask.sum()) < need:
                 chosen = mask
-                mask = best(name, min(min_units, mask.numel()))
+                mask = best(name, min(need, mask.numel()))
                 zeroed = _closed(net, point, name, mask & ~chosen)
             units = mask.nonzero().flatten().cpu()
-            ks = KeepSet(units=units, n_units=mask.numel(), values=values, zeroed=zeroed)
+            if tile > 1:
+                units = tied_units(units, mask.numel(), tile)
+                if zeroed is not None:
+                    zeroed = tied_units(zeroed, mask.numel(), tile)
+            ks = KeepSet(units=units, n_units=len(layer.weight), values=values, zeroed=zeroed)
         else:
             raise ConfigError(
                 f"collapse: scores of layer {name!r} have shape {tuple(mask.shape)}, neither the "
-                f"weight's {tuple(layer.weight.shape)} nor ({layer.weight.shape[0]},)"
+                f"weight's {tuple(layer.weight.shape)} nor ({len(layer.weight) // tile},)"
             )
         if p_keep is not None:
             ks.p_keep = p_keep[name].detach().cpu()

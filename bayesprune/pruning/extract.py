@@ -11,7 +11,13 @@ Two steps, both on a deep copy (the user's network is never touched):
 2. Channel surgery with torch-pruning's dependency graph: the dropped units are
    removed from the layer and from every coupled module and consumer
    (BatchNorm, the next Conv/Linear, flatten→Linear, residual additions,
-   concatenation, depthwise/grouped convs).
+   concatenation, depthwise/grouped convs), in one pass: every coupled module is sliced
+   once (:func:`bayesprune.dependency.prune_groups`).
+
+Attention layers whose keep-sets keep heads are not channel surgery: the collapsed model
+zeroes the out-projection columns of the dropped heads, and the extracted network has the
+layer replaced by a smaller attention module with the kept heads only
+(:mod:`bayesprune.pruning.head_surgery`).
 
 Because a dropped unit's output is exactly zero in the collapsed model, removing
 it changes nothing as long as the nonlinearities between a layer and its
@@ -38,8 +44,17 @@ import torch_pruning as tp
 from torch import Tensor
 
 from bayesprune.blocks import block_spec, to_shortcut
+from bayesprune.dependency import (
+    dependency_graph,
+    frozen,
+    out_group,
+    prune_groups,
+    untraced_ops,
+    zero_out_channels,
+)
 from bayesprune.errors import ConfigError, ExportMismatchError, UnsupportedError
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.pruning.head_surgery import head_keepsets, replace_heads, zero_heads
 from bayesprune.pruning.keepset import KeepSet
 
 _ZEROABLE = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
@@ -83,27 +98,6 @@ def _dropped(ks: KeepSet, n_out: int) -> list[int]:
     return [i for i in range(n_out) if i not in kept]
 
 
-def dependency_graph(
-    module: nn.Module, example_input: Tensor | None, who: str = "extract"
-) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``module``, traced once on ``example_input`` in
-    eval mode (the module's mode is restored); ``who`` names the caller in errors."""
-    if example_input is None:
-        raise ConfigError(
-            f"{who}: removing units needs an example input to trace the network; pass "
-            "example_input= (a BayesianNet records one when it is fitted)"
-        )
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
-                module, example_inputs=example_input, verbose=False
-            )
-    finally:
-        module.train(was_training)
-
-
 def _plan(
     module: nn.Module, dg: tp.DependencyGraph, keep: dict[str, KeepSet], who: str = "extract"
 ) -> list[tuple[nn.Module, list[int]]]:
@@ -113,6 +107,13 @@ def _plan(
     drop the same channels: a channel is dropped only if *every* coupled layer that has
     a keep-set drops it, and each component is listed once.
     """
+    with frozen(dg):  # index mappings computed once, each group once
+        return _plan_frozen(module, dg, keep, who)
+
+
+def _plan_frozen(
+    module: nn.Module, dg: tp.DependencyGraph, keep: dict[str, KeepSet], who: str
+) -> list[tuple[nn.Module, list[int]]]:
     structured = {n: k for n, k in keep.items() if k.units is not None}
     name_of = {m: n for n, m in module.named_modules()}
     n_outs: dict[str, int] = {}
@@ -163,7 +164,14 @@ def _plan(
         if len(drop) >= n_out:
             raise ConfigError(f"{who}: the keep-set of layer {name!r} drops all {n_out} units")
         if drop:
-            _check_grouped(dg, _group(dg, layer, sorted(drop)), name, name_of, who)
+            group = _group(dg, layer, sorted(drop))
+            untraced = untraced_ops(dg, group)
+            if untraced:
+                raise UnsupportedError(
+                    f"{who}: cannot remove units of layer {name!r}: its channels pass through "
+                    f"{untraced[0]}, an op whose channel mapping torch-pruning cannot compute"
+                )
+            _check_grouped(dg, group, name, name_of, who)
             plan.append((layer, sorted(drop)))
     return plan
 
@@ -208,36 +216,11 @@ def _check_grouped(
 
 
 def _group(dg: tp.DependencyGraph, layer: nn.Module, drop: list[int]) -> tp.DependencyGroup:
-    return dg.get_pruning_group(layer, dg.get_pruner_of_module(layer).prune_out_channels, idxs=drop)
+    return out_group(dg, layer, drop)
 
 
-@torch.no_grad()
 def _zero_out_channels(dg: tp.DependencyGraph, group: tp.DependencyGroup) -> None:
-    for item in group.items:
-        if not dg.is_out_channel_pruning_fn(item.dep.handler):
-            continue
-        m = item.dep.target.module
-        if not isinstance(m, nn.Module):
-            continue
-        tensors = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
-        is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
-        if not is_bn and not any(True for _ in m.parameters(recurse=False)):
-            continue  # parameter-free ops (ReLU, pooling, add, ...) pass zeros through
-        if not isinstance(m, _ZEROABLE):
-            raise UnsupportedError(
-                f"extract: cannot zero the dropped channels of a coupled {type(m).__name__}; "
-                "supported: Linear, Conv, BatchNorm"
-            )
-        idx = torch.as_tensor(list(item.idxs), dtype=torch.long, device=tensors[0].device)
-        if isinstance(m, nn.modules.conv._ConvTransposeNd):
-            m.weight.index_fill_(1, idx, 0.0)
-        elif m.weight is not None:
-            m.weight.index_fill_(0, idx, 0.0)
-        if m.bias is not None:
-            m.bias.index_fill_(0, idx, 0.0)
-        if is_bn and m.running_mean is not None:
-            # BN without affine parameters maps 0 to -mean/std: make it map 0 to 0
-            m.running_mean.index_fill_(0, idx, 0.0)
+    zero_out_channels(dg, group)
 
 
 def _zero_kept_units(module: nn.Module, dg: tp.DependencyGraph, keep: dict[str, KeepSet]) -> None:
@@ -322,12 +305,13 @@ def _collapsed(
     *,
     replace_blocks: bool = False,
     check_blocks: bool = False,
-) -> tuple[nn.Module, tp.DependencyGraph | None, list[tuple[nn.Module, list[int]]]]:
+) -> tuple[nn.Module, tp.DependencyGraph | None, list[tuple[nn.Module, list[int]]], list]:
     """The steps :func:`masked_copy` and :func:`extract` share: a deep copy of the network
     with values written, masks multiplied in, identity blocks zeroed (with
     ``replace_blocks`` swapped for their shortcuts, checked on the example input with
     ``check_blocks``) and every dropped unit's output zeroed. Returns the copy, its
-    dependency graph and the plan (``None`` and ``[]`` when no keep-set removes units)."""
+    dependency graph, the plan and its groups (``None``, ``[]`` and ``[]`` when no keep-set
+    removes units)."""
     if example_input is None and isinstance(net, BayesianNet):
         example_input = net.example_input
     module = copy.deepcopy(_plain(net))
@@ -335,14 +319,17 @@ def _collapsed(
     _apply_values_and_masks(module, keep)
     check_on = example_input if check_blocks else None
     keep = _identity_blocks(module, keep, replace=replace_blocks, check_on=check_on)
+    keep = zero_heads(module, keep)  # heads: out-projection columns, no channel surgery
     if not any(k.units is not None for k in keep.values()):
-        return module, None, []
+        return module, None, [], []
     dg = dependency_graph(module, example_input)
-    _zero_kept_units(module, dg, keep)
-    plan = _plan(module, dg, keep)
-    for layer, drop in plan:  # out-channels of planned layers are untouched by earlier groups
-        _zero_out_channels(dg, _group(dg, layer, drop))
-    return module, dg, plan
+    with frozen(dg):  # zeroing prunes nothing: every group is one of the unpruned network
+        _zero_kept_units(module, dg, keep)
+        plan = _plan(module, dg, keep)
+        groups = [_group(dg, layer, drop) for layer, drop in plan]
+    for group in groups:  # out-channels of planned layers are untouched by earlier groups
+        _zero_out_channels(dg, group)
+    return module, dg, plan, groups
 
 
 def masked_copy(
@@ -361,7 +348,7 @@ def masked_copy(
     >>> masked[0].weight.shape, int((masked[0].weight.abs().sum(1) > 0).sum())
     (torch.Size([6, 4]), 2)
     """
-    module, _, _ = _collapsed(net, keep, example_input)
+    module, _, _, _ = _collapsed(net, keep, example_input)
     return module
 
 
@@ -386,14 +373,22 @@ def extract(
         reproduce the collapsed one (e.g. an activation with ``f(0) != 0`` after a
         pruned layer).
     :raises TypeError: when a dropped unit feeds a layer that mixes channels
-        (GroupNorm, LayerNorm, attention, ...), so removing it would change the output.
+        (GroupNorm, LayerNorm, attention, ...), so removing it would change the output, or
+        its channels pass through an op torch-pruning cannot map or slice (the message names
+        the layer and the op; :func:`bayesprune.dependency.register_pruner` teaches it a
+        module type).
     """
     if example_input is None and isinstance(net, BayesianNet):
         example_input = net.example_input
-    module, dg, plan = _collapsed(net, keep, example_input, replace_blocks=True, check_blocks=check)
-    before = _outputs(module, example_input) if check and plan else None
-    for layer, drop in plan:
-        _group(dg, layer, drop).prune(record_history=False)
+    module, dg, plan, groups = _collapsed(
+        net, keep, example_input, replace_blocks=True, check_blocks=check
+    )
+    heads = head_keepsets(module, keep)
+    checked = check and example_input is not None and (plan or heads)
+    before = _outputs(module, example_input) if checked else None
+    if groups:  # each coupled module sliced once, in the unpruned network's indexing
+        prune_groups(dg, groups)
+    replace_heads(module, heads)  # after the surgery: the graph was traced with them
     if before is not None:
         _compare(before, _outputs(module, example_input))
     return module

@@ -28,6 +28,7 @@ from torch import Tensor
 from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.priors.group_ties import tile_of
 from bayesprune.pruning.extract import _plan, dependency_graph
 from bayesprune.pruning.keepset import KeepSet
 from bayesprune.pruning.unit_indices import WHO
@@ -105,7 +106,9 @@ def touched_modules(
 def site_kinds(net: BayesianNet, guide: Guide, name: str) -> dict[str, str]:
     """How each site of layer ``name`` follows a removal: ``"param"`` (like the module
     parameter it replaces), ``"weight"`` (shaped like the weight), ``"unit"`` (one entry
-    per unit) or ``"fixed"`` (scalar); checked before anything is changed."""
+    per unit), ``"tied"`` (one entry per gate tied across groups, meta ``tile``: see
+    :mod:`bayesprune.priors.group_ties`) or ``"fixed"`` (scalar); checked before anything
+    is changed."""
     layer = net.module.get_submodule(name)
     wshape = tuple(layer.weight.shape)
     n = wshape[0]
@@ -117,6 +120,8 @@ def site_kinds(net: BayesianNet, guide: Guide, name: str) -> dict[str, str]:
             kinds[s.name] = "weight"
         elif s.shape == (n,):
             kinds[s.name] = "unit"
+        elif tile_of(s) > 1 and s.shape == (n // tile_of(s),):
+            kinds[s.name] = "tied"
         elif math.prod(s.shape) <= 1:
             kinds[s.name] = "fixed"
         else:

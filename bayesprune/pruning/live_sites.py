@@ -6,7 +6,8 @@ from the old sites, not recomputed. Guide parameters of a site follow the same i
 those of a site replacing a module parameter (MAP values, mean-field ``loc``/``rho``) like
 that parameter; those of sites shaped like the layer's weight (per-weight HALO scales)
 like the weight; per-unit ones (gate probabilities θ, per-unit scales) by the layer's
-surviving units.
+surviving units; gates tied across groups (:mod:`bayesprune.priors.group_ties`) by the
+gates whose units survive.
 
 >>> import torch
 >>> from bayesprune.sites import Site
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from bayesprune.guides.base import Guide, key
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.priors.group_ties import tied_units, tile_of
 from bayesprune.pruning.live_plan import param_dicts
 from bayesprune.pruning.live_surgery import Replaced, Slice
 from bayesprune.pruning.unit_indices import WHO
@@ -55,12 +57,15 @@ def follow_layer(
     replaced: Replaced = []
     for s in net.layer_sites[name]:
         kind = kinds[s.name]
+        pos, n_pos = units, n_old  # the entries of a per-unit site that survive
+        if kind == "tied":
+            pos, n_pos = tied_gates(name, units, n_old, tile_of(s)), n_old // tile_of(s)
         if kind == "param":
             sl = slices.get(s.replaces)
         elif kind == "weight":
             sl = wslice
-        elif kind == "unit" and units.numel() < n_old:
-            flat = units.to(wslice.flat.device)
+        elif kind in ("unit", "tied") and pos.numel() < n_pos:
+            flat = pos.to(wslice.flat.device)
             sl = Slice(s.shape, flat, [flat])
         else:
             sl = None
@@ -71,7 +76,7 @@ def follow_layer(
                 f"{WHO}: after the surgery the prior describes site {s.name!r} as "
                 f"{None if ns is None else ns.shape}, expected {expected}"
             )
-        new_sites.append(slice_info(s, ns, units, n_old))
+        new_sites.append(slice_info(s, ns, pos, n_pos))
         if sl is None:
             continue
         for pd in pdicts:
@@ -85,6 +90,23 @@ def follow_layer(
             pd[k] = new
             replaced.append((old, new, sl))
     return new_sites, units, replaced
+
+
+def tied_gates(name: str, units: Tensor, n_old: int, tile: int) -> Tensor:
+    """The gates (old indexing) whose units survive a removal from a layer with ``n_old``
+    units and ``tile`` units per gate; raises unless whole gates went (balanced groups).
+
+    >>> tied_gates("conv", torch.tensor([0, 2, 3, 5]), 6, 2).tolist()  # period 3: gate 1 gone
+    [0, 2]
+    """
+    period = n_old // tile
+    gates = units[units < period]
+    if not torch.equal(tied_units(gates, period, tile), units.cpu()):
+        raise RuntimeError(
+            f"{WHO}: the removal from layer {name!r} is not whole gates of its {tile}-unit "
+            f"tied gates (units kept: {units.tolist()})"
+        )
+    return gates
 
 
 def slice_info(old: Site, new: Site, units: Tensor, n_old: int) -> Site:

@@ -170,10 +170,12 @@ def _draw_masks(
         if ks is not None and ks.identity:
             m.zero_()
         elif ks is not None and ks.units is not None:
+            # a gate tied across groups (site shape (period,)) is kept with its units
+            period = s.shape[0]
             m.zero_()
-            m[ks.units] = True
+            m[ks.units % period] = True
             if ks.zeroed is not None:  # kept in shape, gate closed
-                m[ks.zeroed] = False
+                m[ks.zeroed % period] = False
         masks[s.name] = m.to(net.device)
     return masks
 

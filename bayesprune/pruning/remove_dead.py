@@ -18,7 +18,9 @@ from bayesprune.errors import ConfigError
 from bayesprune.guides.base import Guide
 from bayesprune.inference.callbacks import FitState, register_fit_option, register_restorer
 from bayesprune.nn.bayesian_net import BayesianNet
+from bayesprune.nn.param_gates import is_param_gate
 from bayesprune.nn.unit_origin import unit_origin
+from bayesprune.priors.group_ties import tied_units, tile_of
 from bayesprune.pruning.live import remove_units, replay_removals
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,11 @@ class RemoveDeadUnits:
     and the optimizer (:func:`~bayesprune.pruning.remove_units`; units coupled
     across layers, e.g. by a residual sum, only when dead in every coupled layer). A
     layer whose every gate is at 0 keeps one (closed) unit, so the network stays
-    connected. Priors without unit gates (HALO, block gates): nothing happens.
+    connected. Priors without unit gates (HALO, block gates): nothing happens. Heads of
+    attention layers are not removed live: a dead head stays, its gate closed (its
+    out-projection columns multiplied by 0), and ``extract`` removes it. A gate tied
+    across the groups of a grouped conv (:mod:`bayesprune.priors.group_ties`) removes its
+    ``tile`` units together, one from every group, so the conv stays balanced.
 
     Removal changes the optimisation, not only its speed. Under the fused loss's
     straight-through estimator (:mod:`bayesprune.inference.losses`) a gate at θ = 0 still
@@ -127,6 +133,8 @@ def dead_units_keep(net: BayesianNet, guide: Guide) -> dict[str, Tensor] | None:
     unit gates, in current indexing; ``None`` if the net has no unit gates."""
     keep: dict[str, Tensor] = {}
     for s in net.gates:
+        if is_param_gate(s):
+            continue  # a head gate: dead heads stay (out-projection columns at 0) until extract
         if s.meta.get("block") or not isinstance(
             getattr(net.module.get_submodule(s.layer), "weight", None), Tensor
         ):
@@ -137,7 +145,9 @@ def dead_units_keep(net: BayesianNet, guide: Guide) -> dict[str, Tensor] | None:
             if theta.numel() > 1:
                 log.warning("every gate of layer %r is closed; keeping one unit", s.layer)
             alive = torch.zeros(1, dtype=torch.long)
-        keep[s.layer] = alive
+        tile = tile_of(s)
+        # a gate tied across groups: its units p, p + period, ... go together
+        keep[s.layer] = tied_units(alive, theta.numel(), tile) if tile > 1 else alive
     return keep or None
 
 

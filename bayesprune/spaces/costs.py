@@ -31,9 +31,9 @@ import numpy as np
 import torch.nn as nn
 from torch import Tensor
 
+from bayesprune.dependency import dependency_graph, frozen
 from bayesprune.errors import ConfigError
 from bayesprune.metrics import count_flops, count_parameters
-from bayesprune.pruning.extract import dependency_graph
 
 _BN = nn.modules.batchnorm._BatchNorm
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, _BN)
@@ -97,30 +97,31 @@ class CostModel:
             sum(r["params"] for r in params["layers"] if r["name"] not in terms)
         )  # parameters of modules no unit removal touches
         dg = dependency_graph(module, example_input, who="PruningSpace")
-        for i, name in enumerate(layers):
-            layer = names[name]
-            group = dg.get_pruning_group(
-                layer, dg.get_pruner_of_module(layer).prune_out_channels, idxs=[0]
-            )
-            for item in group.items:
-                m = item.dep.target.module
-                mname = name_of.get(m)
-                if mname not in terms:
-                    continue  # parameter-free ops
-                t = terms[mname]
-                if isinstance(m, _BN) or dg.is_out_channel_pruning_fn(item.dep.handler):
-                    if t.out not in (-1, i):
-                        raise ConfigError(
-                            f"CostModel: layers: {layers[t.out]!r} and {name!r} are coupled "
-                            f"(both cut {mname!r}'s outputs); pruned layers must be independent"
-                        )
-                    t.out = i
-                elif all(j != i for j, _ in t.ins):
-                    if getattr(m, "groups", 1) != 1:
-                        raise ConfigError(
-                            f"CostModel: layers: {name!r} feeds the grouped conv {mname!r}"
-                        )
-                    t.ins.append((i, len(item.idxs) / _in_size(m)))
+        with frozen(dg):  # index mappings once, not once per layer
+            for i, name in enumerate(layers):
+                layer = names[name]
+                group = dg.get_pruning_group(
+                    layer, dg.get_pruner_of_module(layer).prune_out_channels, idxs=[0]
+                )
+                for item in group.items:
+                    m = item.dep.target.module
+                    mname = name_of.get(m)
+                    if mname not in terms:
+                        continue  # parameter-free ops
+                    t = terms[mname]
+                    if isinstance(m, _BN) or dg.is_out_channel_pruning_fn(item.dep.handler):
+                        if t.out not in (-1, i):
+                            raise ConfigError(
+                                f"CostModel: layers: {layers[t.out]!r} and {name!r} are coupled "
+                                f"(both cut {mname!r}'s outputs); pruned layers must be independent"
+                            )
+                        t.out = i
+                    elif all(j != i for j, _ in t.ins):
+                        if getattr(m, "groups", 1) != 1:
+                            raise ConfigError(
+                                f"CostModel: layers: {name!r} feeds the grouped conv {mname!r}"
+                            )
+                        t.ins.append((i, len(item.idxs) / _in_size(m)))
         self._terms = list(terms.values())
 
     @property

@@ -70,6 +70,12 @@ class PosteriorSpace(Space):
             )
         if inclusion_kind(net, guide) != "gate":
             raise ConfigError("PosteriorSpace: net: every prior layer must carry unit gates")
+        tied = [s.layer for s in net.gates if s.meta.get("tile", 1) > 1]
+        if tied:  # a draw would have to keep whole gates (bayesprune.priors.group_ties)
+            raise ConfigError(
+                f"PosteriorSpace: net: the gates of layers {tied} are tied across the groups of "
+                "a grouped conv, which this space does not sample yet"
+            )
         super().__init__(
             net,
             None,

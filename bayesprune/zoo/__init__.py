@@ -26,6 +26,7 @@ __all__ = [
     "LeNet5Caffe",
     "REGISTRY",
     "ResNetCIFAR",
+    "ViTTiny",
     "build",
     "from_config",
     "register",
@@ -34,6 +35,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "tv:"
+
+
+def _vit_tiny(**kwargs: Any) -> nn.Module:
+    """:class:`~bayesprune.zoo.vit.ViTTiny` (torchvision is imported when one is built)."""
+    from bayesprune.zoo.vit import ViTTiny
+
+    return ViTTiny(**kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ViTTiny":  # imported on first use: it needs torchvision
+        from bayesprune.zoo.vit import ViTTiny
+
+        return ViTTiny
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300100,
@@ -45,6 +62,7 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet32": resnet32,
     "resnet44": resnet44,
     "resnet56": resnet56,
+    "vit-tiny": _vit_tiny,  # torchvision's VisionTransformer for 28x28, 1 channel
 }
 
 
@@ -97,7 +115,7 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
     :param name: a key of :data:`REGISTRY` (``"lenet300"``, ``"lenet300-100"``,
         ``"lenet5"``, ``"lenet5-caffe"``, ``"resnet20"`` (32, 44, 56), ``"resnet-cifar"``
-        (with ``depth=``), or a registered name), or ``"tv:<name>"``
+        (with ``depth=``), ``"vit-tiny"``, or a registered name), or ``"tv:<name>"``
         for a torchvision model (built with ``weights=None``; nothing is downloaded).
     :param kwargs: constructor arguments (e.g. ``width=0.5``, or ``num_classes=10`` for torchvision).
     :returns: the network, with ``.config`` set so that ``from_config(net.config)`` rebuilds it.
