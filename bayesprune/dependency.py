@@ -539,3 +539,27 @@ def prune_groups(dg: tp.DependencyGraph, groups: Sequence[Any], who: str = "extr
             params.add_dep(dep, idxs)
     if len(params):  # torch-pruning replaces the parameter on its owner module
         params.prune(record_history=False)
+
+
+@torch.no_grad()
+def eval_outputs(module: nn.Module, example_input: Any) -> list[Tensor]:
+    """Every tensor ``module`` returns on ``example_input`` in eval mode (the mode is
+    restored), called the way the dependency graph traced it (a dict as keywords, a tuple
+    as positional arguments), detached copies.
+
+    >>> [t.shape for t in eval_outputs(nn.Linear(3, 2), torch.zeros(4, 3))]
+    [torch.Size([4, 2])]
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        if isinstance(example_input, dict):
+            out = module(**example_input)
+        elif isinstance(example_input, (tuple, list)):
+            out = module(*example_input)
+        else:
+            out = module(example_input)
+    finally:
+        module.train(was_training)
+    leaves, _ = torch.utils._pytree.tree_flatten(out)
+    return [t.detach().clone() for t in leaves if isinstance(t, Tensor)]

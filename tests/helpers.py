@@ -434,3 +434,19 @@ class GcdNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(torch.relu(self.g2(torch.relu(self.g1(x)))).mean((2, 3)))
+
+
+class CatIntoGrouped(nn.Module):
+    """Two 1x1 convs concatenated into a grouped conv (groups=2): each one's units are only
+    half of its input channels, so no tying of their gates keeps the groups balanced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.gc = nn.Conv2d(8, 4, 3, groups=2)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        return self.fc(torch.relu(self.gc(h)).mean((2, 3)))

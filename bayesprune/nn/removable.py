@@ -53,6 +53,7 @@ from bayesprune.dependency import (
     ZEROABLE,
     Graph,
     dependency_graph,
+    eval_outputs,
     frozen,
     out_group,
     prune_groups,
@@ -330,9 +331,9 @@ def _trial_passes(work: nn.Module, dg: Graph, bundles: list[Bundle], x: Any) -> 
             groups = [out_group(dg, work.get_submodule(root), drop) for root, _, drop in bundles]
             for group in groups:
                 zero_out_channels(dg, group, who="sparsify")
-        before = _outputs(work, x)
+        before = eval_outputs(work, x)
         prune_groups(dg, groups, who="sparsify")
-        after = _outputs(work, x)
+        after = eval_outputs(work, x)
     except Exception:  # a shape error after slicing is a failed trial too
         return False
     return _same(before, after)
@@ -395,23 +396,6 @@ def _search(
         return
     for part in failing:
         _search(part, trial, members, problems)
-
-
-@torch.no_grad()
-def _outputs(module: nn.Module, x: Any) -> list[Tensor]:
-    was = module.training
-    module.eval()
-    try:
-        if isinstance(x, dict):
-            out = module(**x)
-        elif isinstance(x, (tuple, list)):
-            out = module(*x)
-        else:
-            out = module(x)
-    finally:
-        module.train(was)
-    leaves, _ = torch.utils._pytree.tree_flatten(out)
-    return [t.detach().clone() for t in leaves if isinstance(t, Tensor)]
 
 
 def _same(before: list[Tensor], after: list[Tensor]) -> bool:

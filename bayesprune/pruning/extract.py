@@ -46,6 +46,7 @@ from torch import Tensor
 from bayesprune.blocks import block_spec, to_shortcut
 from bayesprune.dependency import (
     dependency_graph,
+    eval_outputs,
     frozen,
     out_group,
     prune_groups,
@@ -130,15 +131,7 @@ def _plan_frozen(
             raise UnsupportedError(
                 f"{who}: cannot remove units of layer {name!r} ({type(layer).__name__})"
             )
-        if ks.n_units is not None and ks.n_units != n_out:
-            raise ConfigError(
-                f"{who}: layer {name!r} has {n_out} units, its keep-set says {ks.n_units}"
-            )
-        if ks.units.numel() and int(ks.units.max()) >= n_out:
-            raise ConfigError(
-                f"{who}: layer {name!r} has {n_out} units, its keep-set keeps unit "
-                f"{int(ks.units.max())}"
-            )
+        ks.check_count(n_out, who, f"layer {name!r}")
         n_outs[name] = n_out
     plan: list[tuple[nn.Module, list[int]]] = []
     done: set[str] = set()
@@ -274,12 +267,12 @@ def _identity_blocks(
     if not removed:
         return keep
     if replace:
-        before = _outputs(module, check_on) if check_on is not None else None
+        before = eval_outputs(module, check_on) if check_on is not None else None
         for name in removed:
             parent, _, child = name.rpartition(".")
             setattr(module.get_submodule(parent), child, to_shortcut(module.get_submodule(name)))
         if before is not None:
-            for a, b in zip(before, _outputs(module, check_on), strict=True):
+            for a, b in zip(before, eval_outputs(module, check_on), strict=True):
                 diff = float((a - b).abs().max())
                 if not diff <= 1e-4 * (1.0 + float(a.abs().max())):
                     raise ConfigError(
@@ -385,30 +378,13 @@ def extract(
     )
     heads = head_keepsets(module, keep)
     checked = check and example_input is not None and (plan or heads)
-    before = _outputs(module, example_input) if checked else None
+    before = eval_outputs(module, example_input) if checked else None
     if groups:  # each coupled module sliced once, in the unpruned network's indexing
         prune_groups(dg, groups)
     replace_heads(module, heads)  # after the surgery: the graph was traced with them
     if before is not None:
-        _compare(before, _outputs(module, example_input))
+        _compare(before, eval_outputs(module, example_input))
     return module
-
-
-@torch.no_grad()
-def _outputs(module: nn.Module, example_input: Any) -> list[Tensor]:
-    was_training = module.training
-    module.eval()
-    try:  # called the way torch-pruning traced it
-        if isinstance(example_input, dict):
-            out = module(**example_input)
-        elif isinstance(example_input, (tuple, list)):
-            out = module(*example_input)
-        else:
-            out = module(example_input)
-    finally:
-        module.train(was_training)
-    leaves, _ = torch.utils._pytree.tree_flatten(out)
-    return [t.detach().clone() for t in leaves if isinstance(t, Tensor)]
 
 
 def _compare(before: list[Tensor], after: list[Tensor]) -> None:

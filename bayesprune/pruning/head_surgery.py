@@ -55,15 +55,7 @@ def head_keepsets(module: nn.Module, keep: Mapping[str, KeepSet]) -> dict[str, K
 def _check(name: str, layer: nn.Module, ks: KeepSet, who: str) -> None:
     check_head_layer(who, name, layer)
     h = n_heads(layer)
-    if ks.n_units is not None and ks.n_units != h:
-        raise ConfigError(
-            f"{who}: attention layer {name!r} has {h} heads, its keep-set says {ks.n_units}"
-        )
-    if ks.units.numel() and int(ks.units.max()) >= h:
-        raise ConfigError(
-            f"{who}: attention layer {name!r} has {h} heads, its keep-set keeps head "
-            f"{int(ks.units.max())}"
-        )
+    ks.check_count(h, who, f"attention layer {name!r}", unit="head")
 
 
 @torch.no_grad()

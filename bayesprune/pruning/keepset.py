@@ -81,6 +81,19 @@ class KeepSet:
                 )
             self.zeroed = z if z.numel() else None
 
+    def check_count(self, n: int, who: str, where: str, unit: str = "unit") -> None:
+        """Raise a :class:`ConfigError` naming ``where`` (e.g. ``"layer 'fc1'"``) when this
+        keep-set's ``n_units`` is not ``n`` or it keeps a ``unit`` index ``>= n``.
+
+        >>> KeepSet(units=torch.tensor([0, 2]), n_units=3).check_count(3, "extract", "layer 'a'")
+        """
+        if self.n_units is not None and self.n_units != n:
+            raise ConfigError(f"{who}: {where} has {n} {unit}s, its keep-set says {self.n_units}")
+        if self.units is not None and self.units.numel() and int(self.units.max()) >= n:
+            raise ConfigError(
+                f"{who}: {where} has {n} {unit}s, its keep-set keeps {unit} {int(self.units.max())}"
+            )
+
     @property
     def n_kept(self) -> int:
         """Units kept (structured) or weights kept (unstructured); for a whole block

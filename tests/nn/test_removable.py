@@ -14,6 +14,7 @@ from bayesprune.nn import removable
 from bayesprune.nn.removable import removal_problems
 from bayesprune.priors import HALO, UnitGates
 from bayesprune.pruning import KeepSet, extract, masked_copy
+from tests.helpers import CatIntoGrouped
 
 X = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
 IMG = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
@@ -104,21 +105,6 @@ class PlusOne(nn.Module):
         return self.out(torch.relu(self.c(h)))
 
 
-class Grouped(nn.Module):
-    """A grouped conv reading a concatenation: no tying keeps its groups balanced."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 1)
-        self.b = nn.Conv2d(3, 4, 1)
-        self.gc = nn.Conv2d(8, 4, 3, groups=2)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
-        return self.fc(torch.relu(self.gc(h)).mean((2, 3)))
-
-
 def kinds(problems):
     return {n: r.kind for n, r in problems.items()}
 
@@ -157,7 +143,7 @@ def test_the_output_layer_is_refused():
 
 
 def test_units_only_part_of_a_grouped_convs_channels_are_refused():
-    p = removal_problems(Grouped(), ["a", "b", "gc"], IMG)
+    p = removal_problems(CatIntoGrouped(), ["a", "b", "gc"], IMG)
     assert kinds(p) == {"a": removable.GROUPED, "b": removable.GROUPED}
     assert "grouped convolution 'gc'" in p["a"]
 

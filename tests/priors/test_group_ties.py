@@ -21,7 +21,7 @@ from bayesprune.priors import UnitGates
 from bayesprune.priors.gates import gate_constants, probs_key
 from bayesprune.priors.group_ties import group_tiles, is_grouped, tied_units
 from bayesprune.priors.unit_costs import complexity_prices, unit_costs
-from tests.helpers import GcdNet, GroupedConvNet, randomise_batchnorm
+from tests.helpers import CatIntoGrouped, GcdNet, GroupedConvNet, randomise_batchnorm
 
 X = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
 
@@ -30,22 +30,6 @@ def tied_net(prior: UnitGates | None = None, **kwargs):
     torch.manual_seed(0)
     module = randomise_batchnorm(GroupedConvNet(**kwargs))
     return sparsify(module, prior or UnitGates(), example_input=X[:1])
-
-
-class CatIntoGrouped(nn.Module):
-    """Two convs concatenated into a grouped conv: each one's units are only half of its
-    input channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 1)
-        self.b = nn.Conv2d(3, 4, 1)
-        self.gc = nn.Conv2d(8, 4, 3, groups=2)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
-        return self.fc(self.gc(h).mean((2, 3)))
 
 
 # --- which layers are tied ---------------------------------------------------------------
